@@ -1,0 +1,53 @@
+"""Strict key/shape checks shared by every converter and checkpoint restore."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+
+class WeightsMismatchError(ValueError):
+  """Weights do not fit the architecture; the message names every offending key."""
+
+
+def format_mismatch(source: str, missing: Iterable[str], unexpected: Iterable[str],
+                    misshaped: Iterable[tuple[str, Any, Any]], hint: str = "") -> str:
+  """One readable message listing missing, unexpected and mis-shaped keys."""
+  lines = [f"{source}: weights do not match the architecture."]
+  missing, unexpected, misshaped = sorted(missing), sorted(unexpected), sorted(misshaped)
+  if missing:
+    lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
+  if unexpected:
+    lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
+  for name, got, want in misshaped:
+    lines.append(f"  mis-shaped: {name} has shape {tuple(got)}, expected {tuple(want)}")
+  if hint:
+    lines.append("  " + hint)
+  return "\n".join(lines)
+
+
+def check_state_dict(state_dict: Mapping[str, Any], expected_shapes: Mapping[str, tuple],
+                     source: str, hint: str = "") -> None:
+  """Raises WeightsMismatchError unless `state_dict` has exactly the expected keys/shapes."""
+  missing = set(expected_shapes) - set(state_dict)
+  unexpected = set(state_dict) - set(expected_shapes)
+  misshaped = [(k, np.shape(state_dict[k]), tuple(expected_shapes[k]))
+               for k in set(expected_shapes) & set(state_dict)
+               if tuple(np.shape(state_dict[k])) != tuple(expected_shapes[k])]
+  if missing or unexpected or misshaped:
+    raise WeightsMismatchError(
+        format_mismatch(source, missing, unexpected, misshaped, hint))
+
+
+def as_float32(x: Any) -> np.ndarray:
+  return np.asarray(x, dtype=np.float32)
+
+
+def conv_oihw_to_hwio(w: Any) -> np.ndarray:
+  """torch Conv2d weight (O, I, kh, kw) -> flax/lax HWIO (kh, kw, I, O)."""
+  return np.transpose(as_float32(w), (2, 3, 1, 0))
+
+
+def linear_to_dense(w: Any) -> np.ndarray:
+  """torch Linear weight (out, in) -> flax Dense kernel (in, out)."""
+  return np.transpose(as_float32(w))

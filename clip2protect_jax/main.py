@@ -1,0 +1,31 @@
+"""Entry point: flags -> config -> job.run(config, workdir).
+
+  python -m clip2protect_jax.main --config=configs/generate.py:demo --workdir=workdir/demo
+"""
+import importlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, configs/NAME.py[:ARG]; override fields with "
+    "--config.FIELD=VALUE.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for outputs (resumable).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# config.job -> module with `run(config, workdir)`.
+JOBS = {"generate": "clip2protect_jax.generate"}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config.job not in JOBS:
+    raise app.UsageError(f"config.job={config.job!r} is not one of {sorted(JOBS)}")
+  logging.info("config:\n%s", config)
+  importlib.import_module(JOBS[config.job]).run(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

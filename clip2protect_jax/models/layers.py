@@ -1,0 +1,178 @@
+"""StyleGAN2 building blocks, compatible with rosinality's PyTorch port.
+
+Parameters are stored RAW, as in the PyTorch port (equalized learning rate: the weight is
+N(0, 1) / lr_mul and the layer multiplies it by lr_mul / sqrt(fan_in) at run time), so
+optimising them (pivotal tuning) follows the same dynamics as the official code.
+Layout: NHWC activations, HWIO conv weights, (in, out) dense weights.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+_SQRT2 = math.sqrt(2.0)
+
+
+def make_blur_kernel(taps: Sequence[float]) -> np.ndarray:
+  """Separable FIR taps -> normalised 2-D kernel (sum 1), e.g. [1,3,3,1] -> 4x4."""
+  k = np.asarray(taps, np.float64)
+  k2 = np.outer(k, k) if k.ndim == 1 else k
+  return (k2 / k2.sum()).astype(np.float32)
+
+
+def fused_leaky_relu(x: Array, bias: Array) -> Array:
+  """leaky_relu(x + bias, 0.2) * sqrt(2); `bias` broadcasts over the last (channel) axis."""
+  return jax.nn.leaky_relu(x + bias.astype(x.dtype), 0.2) * _SQRT2
+
+
+def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0)) -> Array:
+  """Upsample (zero insertion), pad, FIR-filter, downsample; NHWC, per channel.
+
+  Same semantics as rosinality's `upfirdn2d_native` with pad=(pad0, pad1) on both axes
+  (negative pads crop). `kernel` is a constant numpy 2-D array, applied as a true
+  convolution (flipped), depthwise.
+  """
+  c = x.shape[-1]
+  p0, p1 = pad
+  flipped = np.ascontiguousarray(kernel[::-1, ::-1])
+  # Depthwise conv: HWIO with I=1 per group, O=C, feature_group_count=C.
+  k = jnp.asarray(np.tile(flipped[:, :, None, None], (1, 1, 1, c)), x.dtype)
+  # upfirdn2d_native zero-inserts to h*up samples (the last up-1 are zeros) and then
+  # pads; lhs_dilation gives (h-1)*up+1 samples, so the high-side pad gets up-1 more.
+  hi = p1 + up - 1
+  out = jax.lax.conv_general_dilated(
+      x, k, window_strides=(down, down),
+      padding=((p0, hi), (p0, hi)),
+      lhs_dilation=(up, up),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=c)
+  return out
+
+
+class EqualLinear(nn.Module):
+  """rosinality EqualLinear: y = x @ (W * lr_mul / sqrt(in)) + b * lr_mul, optional fused lrelu.
+
+  Params: weight (in, out) raw, bias (out,) raw. Input [..., in] -> [..., out].
+  """
+  features: int
+  lr_mul: float = 1.0
+  bias_init: float = 0.0
+  activation: bool = False
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    fan_in = x.shape[-1]
+    weight = self.param("weight", lambda k, s: jax.random.normal(k, s) / self.lr_mul,
+                        (fan_in, self.features))
+    bias = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
+    scale = self.lr_mul / math.sqrt(fan_in)
+    y = jnp.dot(x, weight * scale, precision=self.precision)
+    if self.activation:
+      return fused_leaky_relu(y, bias * self.lr_mul)
+    return y + bias * self.lr_mul
+
+
+class ModulatedConv2d(nn.Module):
+  """Modulated (and optionally demodulated, upsampling) convolution of StyleGAN2.
+
+  x: [N, H, W, Cin], style: [N, style_dim] -> [N, H', W', Cout] with H' = 2H if upsample.
+  Computed in the "non-fused" form (modulate the input, convolve with the shared weight,
+  demodulate the output), which equals the per-sample weight form of the official code
+  and batches without grouped convolutions. Modulation and demodulation stay in float32;
+  only the convolution runs in `dtype`.
+  """
+  out_channels: int
+  kernel_size: int
+  demodulate: bool = True
+  upsample: bool = False
+  blur_kernel: Sequence[int] = (1, 3, 3, 1)
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, style: Array) -> Array:
+    in_ch, k = x.shape[-1], self.kernel_size
+    weight = self.param("weight", nn.initializers.normal(1.0),
+                        (k, k, in_ch, self.out_channels))
+    s = EqualLinear(in_ch, bias_init=1.0, precision=self.precision, name="modulation")(style)
+    w = weight * (1.0 / math.sqrt(in_ch * k * k))                   # [k, k, in, out]
+    x = x * s[:, None, None, :]
+    half = jnp.dtype(self.dtype).itemsize < 4
+    conv_kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision,
+                       preferred_element_type=jnp.float32 if half else None)
+    if self.upsample:
+      # torch conv_transpose2d(stride 2, padding 0) == stride-1 conv of the zero-inserted
+      # input, padded by k-1, with the spatially flipped kernel.
+      out = jax.lax.conv_general_dilated(
+          x.astype(self.dtype), w[::-1, ::-1].astype(self.dtype), window_strides=(1, 1),
+          padding=((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(2, 2), **conv_kwargs)
+    else:
+      p = k // 2
+      out = jax.lax.conv_general_dilated(
+          x.astype(self.dtype), w.astype(self.dtype), window_strides=(1, 1),
+          padding=((p, p), (p, p)), **conv_kwargs)
+    if self.demodulate:
+      # demod[n, o] = rsqrt(sum_{kh,kw,i} (w[kh,kw,i,o] * s[n,i])^2 + 1e-8)
+      w_sq = jnp.sum(jnp.square(w), axis=(0, 1))                    # [in, out]
+      demod = jax.lax.rsqrt(jnp.dot(jnp.square(s), w_sq, precision=self.precision) + 1e-8)
+      out = out * demod[:, None, None, :]
+    if self.upsample:
+      factor = 2
+      p = len(self.blur_kernel) - factor - (k - 1)
+      kernel = make_blur_kernel(self.blur_kernel) * factor ** 2
+      out = upfirdn2d(out, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+    return out
+
+
+class StyledConv(nn.Module):
+  """ModulatedConv2d + noise injection + fused leaky ReLU (bias).
+
+  x: [N, H, W, Cin], style: [N, style_dim], noise broadcastable to [N, H', W', 1].
+  """
+  out_channels: int
+  kernel_size: int = 3
+  upsample: bool = False
+  blur_kernel: Sequence[int] = (1, 3, 3, 1)
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, style: Array, noise: Array) -> Array:
+    out = ModulatedConv2d(self.out_channels, self.kernel_size, upsample=self.upsample,
+                          blur_kernel=self.blur_kernel, dtype=self.dtype,
+                          precision=self.precision, name="conv")(x, style)
+    noise_weight = self.param("noise_weight", nn.initializers.zeros, (1,))
+    out = out + noise_weight * noise
+    bias = self.param("activate_bias", nn.initializers.zeros, (self.out_channels,))
+    return fused_leaky_relu(out, bias)
+
+
+class ToRGB(nn.Module):
+  """1x1 modulated conv (no demodulation) to RGB + bias, plus the upsampled skip.
+
+  x: [N, H, W, C], style: [N, style_dim], skip: [N, H/2, W/2, 3] or None -> [N, H, W, 3].
+  """
+  blur_kernel: Sequence[int] = (1, 3, 3, 1)
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, style: Array, skip: Array | None) -> Array:
+    out = ModulatedConv2d(3, 1, demodulate=False, dtype=self.dtype, precision=self.precision,
+                          name="conv")(x, style)
+    out = out + self.param("bias", nn.initializers.zeros, (3,))
+    if skip is not None:
+      factor = 2
+      p = len(self.blur_kernel) - factor
+      kernel = make_blur_kernel(self.blur_kernel) * factor ** 2
+      out = out + upfirdn2d(skip, kernel, up=factor,
+                            pad=((p + 1) // 2 + factor - 1, p // 2))
+    return out

@@ -1,0 +1,91 @@
+"""Build models from config and load their weights (converted checkpoints or seeded init).
+
+A converted StyleGAN2 checkpoint (tools/convert_checkpoint.py --kind=stylegan2) holds
+{'params', 'noise', ['latent_avg']} plus metadata naming the architecture it fits; the
+config must describe the same architecture, else loading fails with both spelled out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from clip2protect_jax import checkpoints
+from clip2protect_jax.models import stylegan2
+
+# Architecture fields stored with a converted StyleGAN2 checkpoint and checked on load.
+STYLEGAN2_ARCH_FIELDS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max",
+                         "blur_kernel", "lr_mlp")
+
+
+def _precision(name: str):
+  return None if name == "default" else name
+
+
+def generator_from_config(cfg) -> stylegan2.Generator:
+  """config.generator -> Generator module."""
+  return stylegan2.Generator(
+      size=cfg.size, style_dim=cfg.style_dim, n_mlp=cfg.n_mlp,
+      channel_multiplier=cfg.channel_multiplier, channel_max=cfg.channel_max,
+      blur_kernel=tuple(cfg.blur_kernel), lr_mlp=cfg.lr_mlp, dtype=jnp.dtype(cfg.dtype),
+      precision=_precision(cfg.precision))
+
+
+def stylegan2_arch(model: stylegan2.Generator) -> dict[str, Any]:
+  return {f: (list(getattr(model, f)) if f == "blur_kernel" else getattr(model, f))
+          for f in STYLEGAN2_ARCH_FIELDS}
+
+
+def stylegan2_abstract_tree(model: stylegan2.Generator, has_latent_avg: bool) -> dict:
+  tree = {"params": stylegan2.abstract_params(model),
+          "noise": [jax.ShapeDtypeStruct(s, jnp.float32)
+                    for s in stylegan2.noise_shapes(model.size)]}
+  if has_latent_avg:
+    tree["latent_avg"] = jax.ShapeDtypeStruct((model.style_dim,), jnp.float32)
+  return tree
+
+
+@dataclasses.dataclass
+class LoadedGenerator:
+  model: stylegan2.Generator
+  params: Any                      # {'style', 'synthesis'}
+  noise: list[jax.Array]           # the checkpoint's noise buffers [1, r, r, 1], or N(0,1)
+  latent_avg: jax.Array | None     # [style_dim], when the checkpoint has one
+  description: str                 # which weights these are, for logs and summaries
+
+
+def load_generator(cfg, key: jax.Array) -> LoadedGenerator:
+  """config.generator -> model + weights. `key` seeds random init and random noise."""
+  model = generator_from_config(cfg)
+  init_key, noise_key = jax.random.split(key)
+  if cfg.weights == "random":
+    params = stylegan2.init_params(model, init_key)
+    noise = stylegan2.make_noise(noise_key, model.size)
+    return LoadedGenerator(model, params, noise, None,
+                           "RANDOM weights (constructor init, not a trained generator): "
+                           "outputs are not faces")
+  path = cfg.weights
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"generator weights {path!r} not found. Convert the official checkpoint first: "
+        "python tools/convert_checkpoint.py --kind=stylegan2 --input=stylegan2-ffhq-"
+        f"config-f.pt --output={path} (see checkpoints/README.md), or set "
+        "--config.generator.weights=random.")
+  meta = checkpoints.load_metadata(path)
+  if meta.get("kind") != "stylegan2":
+    raise ValueError(f"{path} holds a {meta.get('kind')!r} checkpoint, not stylegan2")
+  want = stylegan2_arch(model)
+  got = meta["architecture"]
+  diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]}
+  if diff:
+    raise ValueError(f"{path} was converted for a different generator: " + ", ".join(
+        f"{k}={g} in the checkpoint vs {w} in config.generator" for k, (g, w) in
+        diff.items()))
+  tree = checkpoints.restore(path, stylegan2_abstract_tree(model, meta["has_latent_avg"]))
+  tree = jax.tree_util.tree_map(jnp.asarray, tree)
+  return LoadedGenerator(model, tree["params"], tree["noise"], tree.get("latent_avg"),
+                         f"converted checkpoint {os.path.abspath(path)} (source "
+                         f"{meta.get('source')}, sha256 {meta.get('source_sha256')})")

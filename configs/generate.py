@@ -1,0 +1,58 @@
+"""Generate faces with the StyleGAN2 generator (the foundation's main job).
+
+Paper generator (needs the converted official checkpoint, see checkpoints/README.md):
+  python -m clip2protect_jax.main --config=configs/generate.py --workdir=workdir/generate
+Embedded default (no download; RANDOM weights, so the images are not faces):
+  python -m clip2protect_jax.main --config=configs/generate.py:demo --workdir=workdir/demo
+CPU smoke run in seconds:
+  python -m clip2protect_jax.main --config=configs/generate.py:tiny --workdir=/tmp/tiny
+Override any field, e.g. --config.num_images=32 --config.generator.dtype=bfloat16.
+
+Expected result: `workdir/images/000000.png ...` and `workdir/summary.json`, which names
+the weights used (a converted checkpoint with its source sha256, or "random").
+"""
+import ml_collections
+
+STYLEGAN2_FFHQ = "checkpoints/stylegan2-ffhq-config-f"
+
+
+def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
+  """rosinality Generator(size, 512, 8, channel_multiplier=2, lr_mlp=0.01)."""
+  return ml_collections.ConfigDict(dict(
+      size=size,
+      style_dim=512,
+      n_mlp=8,
+      channel_multiplier=2,
+      channel_max=512,          # < 512 only for tiny test models
+      lr_mlp=0.01,
+      blur_kernel=(1, 3, 3, 1),
+      dtype="float32",          # convolution compute dtype: float32 | bfloat16
+      precision="default",      # lax precision: default | high | highest
+      # Converted checkpoint folder, or "random" for the constructor's init (seeded).
+      weights=STYLEGAN2_FFHQ,
+  ))
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  """arg: "" (paper, 1024, converted weights) | "demo" (256, random) | "tiny" (CPU smoke)."""
+  config = ml_collections.ConfigDict()
+  config.job = "generate"
+  config.seed = 0
+  config.generator = generator_config(1024)
+  config.num_images = 8
+  config.batch_size = 4
+  config.truncation = 0.7             # psi; 1.0 disables truncation
+  config.mean_latent_samples = 4096   # used when the checkpoint has no latent_avg
+
+  if arg == "demo":
+    config.generator.size = 256
+    config.generator.weights = "random"
+  elif arg == "tiny":
+    config.generator.update(size=32, style_dim=32, n_mlp=2, channel_max=16,
+                            weights="random")
+    config.num_images = 4
+    config.batch_size = 2
+    config.mean_latent_samples = 64
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'demo' or 'tiny'")
+  return config

@@ -1,0 +1,106 @@
+"""LPIPS-VGG v0.1: golden parity (float32 and float64), both converter namings and their
+strictness, and the real v0.1 linear heads shipped by the PyPI lpips wheel."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clip2protect_jax import parity
+from clip2protect_jax.convert import lpips as convert
+from clip2protect_jax.convert.common import WeightsMismatchError
+from clip2protect_jax.models.lpips import LPIPS, LPIPS_SCALE, LPIPS_SHIFT
+from clip2protect_jax.parity.recipe import load_manifest, recipe_v1_state_dict
+
+GOLDEN = "tests/golden"
+
+
+@pytest.fixture(scope="module")
+def manifest():
+  return load_manifest(GOLDEN)
+
+
+@pytest.fixture(scope="module")
+def whole_sd(manifest):
+  return recipe_v1_state_dict(manifest["models"]["lpips_vgg"])
+
+
+def torchvision_naming(sd):
+  """Whole LPIPS state_dict -> (torchvision vgg16 `features.*`, lpips heads `lin{K}.*`)."""
+  vgg = {re.sub(r"^net\.slice\d\.", "features.", k): v for k, v in sd.items()
+         if k.startswith("net.")}
+  heads = {k.replace("lins.", "lin"): v for k, v in sd.items() if k.startswith("lins.")}
+  return vgg, heads
+
+
+@pytest.mark.parametrize("float64", [False, True])
+def test_golden_parity(manifest, float64):
+  with jax.enable_x64(float64):
+    results = parity.run_item("lpips_vgg", GOLDEN, manifest, float64=float64)
+  assert all(r.ok for r in results), "\n".join(r.line() for r in results)
+  assert {r.output for r in results} >= {"out", "per_layer", "out_const_scaling"}
+
+
+def test_lins_alias_is_the_held_value(whole_sd):
+  params = convert.convert_lpips_state_dict(whole_sd)["params"]
+  np.testing.assert_array_equal(params["lin2"], whole_sd["lins.2.model.1.weight"].reshape(-1))
+  assert not np.array_equal(params["lin2"], whole_sd["lin2.model.1.weight"].reshape(-1))
+  only_lin = {k: v for k, v in whole_sd.items() if not k.startswith("lins.")}
+  p2 = convert.convert_lpips_state_dict(only_lin)["params"]
+  np.testing.assert_array_equal(p2["lin2"], whole_sd["lin2.model.1.weight"].reshape(-1))
+
+
+def test_torchvision_naming_gives_the_same_params(whole_sd):
+  vgg, heads = torchvision_naming(whole_sd)
+  classifier = {k: np.broadcast_to(np.float32(0), s)
+                for k, s in convert._VGG16_CLASSIFIER.items()}  # a full vgg16 state_dict
+  a = convert.convert_lpips(dict(vgg, **classifier), heads,
+                            shift=whole_sd["scaling_layer.shift"],
+                            scale=whole_sd["scaling_layer.scale"])
+  b = convert.convert_lpips_state_dict(whole_sd)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  default = convert.convert_lpips(vgg, heads)["params"]
+  np.testing.assert_allclose(default["shift"], LPIPS_SHIFT)
+  np.testing.assert_allclose(default["scale"], LPIPS_SCALE)
+
+
+def test_converters_are_strict(whole_sd):
+  bad = {k: v for k, v in whole_sd.items() if k != "net.slice3.12.bias"}
+  with pytest.raises(WeightsMismatchError, match=r"missing.*net\.slice3\.12\.bias"):
+    convert.convert_lpips_state_dict(bad)
+  bad = dict(whole_sd, **{"net.slice5.30.weight": np.zeros((512, 512, 3, 3), np.float32)})
+  with pytest.raises(WeightsMismatchError, match=r"unexpected.*net\.slice5\.30\.weight"):
+    convert.convert_lpips_state_dict(bad)
+  vgg, heads = torchvision_naming(whole_sd)
+  heads["lin3.model.1.weight"] = np.zeros((1, 256, 1, 1), np.float32)
+  with pytest.raises(WeightsMismatchError,
+                     match=r"mis-shaped: lin3\.model\.1\.weight has shape \(1, 256, 1, 1\)"):
+    convert.convert_lpips(vgg, heads)
+  vgg["features.2.weight"] = vgg["features.2.weight"][:32]
+  with pytest.raises(WeightsMismatchError, match=r"mis-shaped: features\.2\.weight"):
+    convert.convert_lpips(vgg, torchvision_naming(whole_sd)[1])
+
+
+def test_real_v01_heads_from_the_lpips_wheel(whole_sd):
+  """The lpips wheel's v0.1 heads (non-negative, as trained) load through convert_lpips;
+  with them LPIPS(x, x) ~ 0 and LPIPS grows with the perturbation."""
+  torch = pytest.importorskip("torch", reason="torch reads the wheel's .pth heads")
+  spec = importlib.util.find_spec("lpips")
+  if spec is None:
+    pytest.skip("lpips wheel absent: pip install --no-deps lpips==0.1.4")
+  path = os.path.join(spec.submodule_search_locations[0], "weights", "v0.1", "vgg.pth")
+  heads = {k: v.numpy() for k, v in
+           torch.load(path, map_location="cpu", weights_only=True).items()}
+  vgg, _ = torchvision_naming(whole_sd)
+  params = convert.convert_lpips(vgg, heads)
+  assert all(float(params["params"][f"lin{k}"].min()) >= 0 for k in range(5))
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32))
+  f = jax.jit(LPIPS().apply)
+  small, large = f(params, x, x + 0.01), f(params, x, x + 0.3)
+  assert abs(float(f(params, x, x)[0])) < 1e-10
+  assert 0 < float(small[0]) < float(large[0])

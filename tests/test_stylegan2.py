@@ -1,0 +1,196 @@
+"""StyleGAN2: golden parity, converter strictness, batching/vmap equivalence, compilation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clip2protect_jax import parity
+from clip2protect_jax.convert.common import WeightsMismatchError
+from clip2protect_jax.convert.stylegan2 import convert_generator, expected_shapes
+from clip2protect_jax.models import stylegan2
+from clip2protect_jax.models.layers import make_blur_kernel
+from clip2protect_jax.parity import recipe
+from clip2protect_jax.parity import stylegan2 as parity_stylegan2
+
+GOLDEN = "tests/golden"
+TINY = dict(size=16, style_dim=32, n_mlp=2, channel_max=16)
+
+
+def tiny_model(**kw) -> stylegan2.Generator:
+  return stylegan2.Generator(**{**TINY, **kw})
+
+
+def tiny_torch_state_dict(seed: int = 0, **arch) -> dict:
+  """A torch-named state_dict for a tiny Generator, filled with random values."""
+  arch = {**TINY, **arch}
+  rng = np.random.default_rng(seed)
+  shapes = expected_shapes(arch["size"], arch["style_dim"], arch["n_mlp"],
+                           channel_max=arch["channel_max"])
+  kernel = make_blur_kernel((1, 3, 3, 1)) * 4
+  return {k: (kernel if k.endswith("kernel") else
+              rng.standard_normal(s).astype(np.float32)) for k, s in shapes.items()}
+
+
+def test_golden_parity_float32():
+  comparisons = parity.run_item("stylegan2", GOLDEN, recipe.load_manifest(GOLDEN))
+  names = {c.output for c in comparisons}
+  assert {"g1024_img_crop", "g1024_img_sub4", "g256_img", "g256_grad_wplus",
+          "g256_grad_noise2"} <= names
+  bad = [c.line() for c in comparisons if not c.ok]
+  assert not bad, "\n".join(bad)
+
+
+@pytest.mark.slow
+def test_golden_parity_float64_256():
+  """float64 against the official float64 run: any semantic difference shows above 1e-10.
+
+  Only the 256 model (image and all gradients). float64 convolutions are slow on XLA:CPU
+  (about 9 minutes on 2 cores), so this runs with `pytest -m slow`;
+  `tools/parity.py --golden ... --float64` runs the 1024 model too.
+  """
+  manifest = recipe.load_manifest(GOLDEN)
+  entry = manifest["models"]["stylegan2_256"]
+  with jax.enable_x64(True):
+    comparisons = parity_stylegan2.compare_256(
+        recipe.load_arrays(GOLDEN, entry["file"]), entry, float64=True)
+  assert any(c.output == "g256_grad_wplus_f64" for c in comparisons)
+  bad = [c.line() for c in comparisons if not c.ok]
+  assert not bad, "\n".join(bad)
+
+
+def test_tiny_shapes_dtypes_finite():
+  model = tiny_model()
+  params = stylegan2.init_params(model, jax.random.key(0))
+  assert model.n_latent == 6 and model.num_layers == 5
+  noise = stylegan2.make_noise(jax.random.key(1), 16, batch=3)
+  assert [n.shape for n in noise] == [(3, 4, 4, 1), (3, 8, 8, 1), (3, 8, 8, 1),
+                                      (3, 16, 16, 1), (3, 16, 16, 1)]
+  w = model.apply({"params": params}, jax.random.normal(jax.random.key(2), (3, 32)),
+                  method=model.get_latent)
+  assert w.shape == (3, 32) and w.dtype == jnp.float32
+  img = model.apply({"params": params}, stylegan2.broadcast_to_wplus(w, 16), noise)
+  assert img.shape == (3, 16, 16, 3) and img.dtype == jnp.float32
+  assert np.all(np.isfinite(img))
+  # Noise must matter (noise weights are zero at init, so set them).
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.ones_like(x) if "noise_weight" in jax.tree_util.keystr(p) else x,
+      params)
+  img_a = model.apply({"params": params}, stylegan2.broadcast_to_wplus(w, 16), noise)
+  img_b = model.apply({"params": params}, stylegan2.broadcast_to_wplus(w, 16),
+                      [n * 0 for n in noise])
+  assert float(jnp.abs(img_a - img_b).max()) > 1e-3
+
+
+def test_bad_inputs_raise_clear_errors():
+  model = tiny_model()
+  params = stylegan2.init_params(model, jax.random.key(0))
+  noise = stylegan2.make_noise(jax.random.key(1), 16)
+  with pytest.raises(ValueError, match=r"W\+ must be \[N, 6"):
+    model.apply({"params": params}, jnp.zeros((1, 5, 32)), noise)
+  with pytest.raises(ValueError, match="expected 5 noise maps"):
+    model.apply({"params": params}, jnp.zeros((1, 6, 32)), noise[:4])
+  with pytest.raises(ValueError, match="power of two"):
+    stylegan2.num_latents(48)
+
+
+def test_converter_matches_module_tree():
+  model = tiny_model()
+  params, noise = convert_generator(tiny_torch_state_dict(), **TINY)
+  want = jax.tree_util.tree_map(lambda a: a.shape, stylegan2.abstract_params(model))
+  got = jax.tree_util.tree_map(np.shape, params)
+  assert got == want
+  assert [n.shape for n in noise] == [s for s in stylegan2.noise_shapes(16)]
+
+
+@pytest.mark.parametrize("mutate, key_in_message", [
+    (lambda sd: sd.pop("convs.1.conv.modulation.bias"), "missing (1): convs.1.conv.modulation.bias"),
+    (lambda sd: sd.__setitem__("convs.9.conv.weight", np.zeros(3)), "unexpected (1): convs.9.conv.weight"),
+    (lambda sd: sd.__setitem__("to_rgbs.0.bias", np.zeros((1, 4, 1, 1))),
+     "mis-shaped: to_rgbs.0.bias has shape (1, 4, 1, 1), expected (1, 3, 1, 1)"),
+])
+def test_converter_strictness_names_the_key(mutate, key_in_message):
+  sd = tiny_torch_state_dict()
+  mutate(sd)
+  with pytest.raises(WeightsMismatchError) as err:
+    convert_generator(sd, **TINY)
+  assert key_in_message in str(err.value)
+
+
+def test_converter_rejects_other_fir_kernel():
+  sd = tiny_torch_state_dict()
+  sd["convs.0.conv.blur.kernel"] = np.full((4, 4), 0.25, np.float32)
+  with pytest.raises(WeightsMismatchError, match="convs.0.conv.blur.kernel"):
+    convert_generator(sd, **TINY)
+
+
+def test_vmap_over_per_image_params_equals_loop():
+  """Per-image generators (pivotal tuning) batched with vmap == one image at a time."""
+  model = tiny_model()
+  n = 3
+  params = [convert_generator(tiny_torch_state_dict(seed=s), **TINY)[0] for s in range(n)]
+  stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)
+  wplus = jax.random.normal(jax.random.key(0), (n, model.n_latent, 32))
+  noise = stylegan2.make_noise(jax.random.key(1), 16, batch=n)
+
+  def one(p, w, nz):  # a single image: w [n_latent, D], noise maps [r, r, 1]
+    return model.apply({"params": p}, w[None], [m[None] for m in nz])[0]
+
+  batched = jax.jit(jax.vmap(one))(stacked, wplus, noise)
+  loop = np.stack([one(params[i], wplus[i], [m[i] for m in noise]) for i in range(n)])
+  np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-5 * np.abs(loop).max())
+  assert float(jnp.abs(batched[0] - batched[1]).max()) > 1e-2  # the params differ
+
+
+def test_batch_with_shared_params_equals_single_images():
+  model = tiny_model()
+  params = stylegan2.init_params(model, jax.random.key(3))
+  wplus = jax.random.normal(jax.random.key(4), (4, model.n_latent, 32))
+  noise = stylegan2.make_noise(jax.random.key(5), 16, batch=4)
+  apply = jax.jit(lambda w, nz: model.apply({"params": params}, w, nz))
+  batch = apply(wplus, noise)
+  for i in range(4):
+    single = model.apply({"params": params}, wplus[i:i + 1], [m[i:i + 1] for m in noise])
+    np.testing.assert_allclose(batch[i:i + 1], single, rtol=1e-5, atol=1e-6)
+
+
+def test_jit_compiles_once_for_repeated_calls():
+  model = tiny_model()
+  params = stylegan2.init_params(model, jax.random.key(0))
+  traces = []
+
+  @jax.jit
+  def synth(p, w, nz):
+    traces.append(1)  # runs only while tracing
+    return model.apply({"params": p}, w, nz)
+
+  for seed in range(4):
+    wplus = jax.random.normal(jax.random.key(seed), (2, model.n_latent, 32))
+    noise = stylegan2.make_noise(jax.random.key(seed), 16, batch=2)
+    synth(params, wplus, noise).block_until_ready()
+  assert len(traces) == 1
+
+
+def test_bfloat16_compute_close_to_float32():
+  """bf16 convolutions: measurably different from fp32, but close (modulation in fp32)."""
+  model32, model16 = tiny_model(), tiny_model(dtype=jnp.bfloat16)
+  params = stylegan2.init_params(model32, jax.random.key(0))
+  wplus = jax.random.normal(jax.random.key(1), (2, model32.n_latent, 32))
+  noise = stylegan2.make_noise(jax.random.key(2), 16, batch=2)
+  img32 = model32.apply({"params": params}, wplus, noise)
+  img16 = model16.apply({"params": params}, wplus, noise)
+  assert img16.dtype == jnp.float32
+  scaled = float(jnp.abs(img16 - img32).max() / jnp.abs(img32).max())
+  assert 1e-5 < scaled < 5e-2, scaled
+
+
+def test_truncation_and_mean_latent():
+  model = tiny_model()
+  params = stylegan2.init_params(model, jax.random.key(0))
+  w_avg = stylegan2.mean_latent(model, params, jax.random.key(1), n=256)
+  w = model.apply({"params": params}, jax.random.normal(jax.random.key(2), (5, 32)),
+                  method=model.get_latent)
+  np.testing.assert_allclose(stylegan2.truncate(w, w_avg, 1.0), w, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(stylegan2.truncate(w, w_avg, 0.0),
+                             jnp.broadcast_to(w_avg, w.shape), rtol=1e-6, atol=1e-6)
+  half = stylegan2.truncate(w, w_avg, 0.5)
+  np.testing.assert_allclose(half - w_avg, 0.5 * (w - w_avg), rtol=1e-5, atol=1e-6)

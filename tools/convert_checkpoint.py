@@ -1,0 +1,141 @@
+"""Convert an official PyTorch checkpoint into an orbax checkpoint under checkpoints/.
+
+  python tools/convert_checkpoint.py --kind=stylegan2 \
+      --input=stylegan2-ffhq-config-f.pt --output=checkpoints/stylegan2-ffhq-config-f
+
+Reads the .pt file with torch (an optional dependency, used only here), turns its
+state_dict into numpy, runs the project's strict converter (every missing, unexpected or
+mis-shaped key is named) and writes the params with metadata.json (architecture, source
+path and sha256). The output folder must not exist: finished conversions are never
+overwritten.
+
+Kinds:
+  stylegan2  rosinality checkpoint: ckpt['g_ema'] (+ ckpt['latent_avg'] when present);
+             a bare g_ema state_dict is accepted too. --size etc. describe the generator.
+  face       AMT-GAN's FR weights (assets.zip): --name=irse50|ir152|mobile_face|facenet.
+  clip       OpenAI `ViT-B-32.pt` (TorchScript), or with --clip_format=hf a Hugging Face
+             `model.safetensors` plus --hf_config=config.json. --clip_preset picks the size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_enum("kind", None, ["stylegan2", "face", "clip"],
+                  "Which network the checkpoint holds.", required=True)
+flags.DEFINE_string("input", None, "Path of the PyTorch checkpoint (.pt/.pth).",
+                    required=True)
+flags.DEFINE_string("output", None, "Output folder (must not exist).", required=True)
+flags.DEFINE_integer("size", 1024, "stylegan2: output resolution.")
+flags.DEFINE_integer("style_dim", 512, "stylegan2: style dimension.")
+flags.DEFINE_integer("n_mlp", 8, "stylegan2: mapping layers.")
+flags.DEFINE_integer("channel_multiplier", 2, "stylegan2: channel multiplier (config-f: 2).")
+flags.DEFINE_integer("channel_max", 512, "stylegan2: channel cap (512 = rosinality).")
+flags.DEFINE_float("lr_mlp", 0.01, "stylegan2: mapping-network lr multiplier.")
+flags.DEFINE_string("name", None, "face: registry name (irse50, ir152, mobile_face, facenet).")
+flags.DEFINE_string("clip_preset", "ViT-B/32", "clip: architecture preset.")
+flags.DEFINE_enum("clip_format", "openai", ["openai", "hf"], "clip: checkpoint format.")
+flags.DEFINE_string("hf_config", None, "clip, hf format: the model's config.json.")
+FLAGS = flags.FLAGS
+
+
+def sha256_of(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def load_torch_checkpoint(path: str) -> dict:
+  """torch.load on CPU -> nested dict with tensors turned into numpy arrays."""
+  try:
+    import torch
+  except ImportError as e:
+    raise SystemExit("reading .pt files needs PyTorch: pip install torch==2.13.0 "
+                     "(CPU build; see requirements-dev.txt)") from e
+  try:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+    raise SystemExit(f"--input {path}: torch.load failed ({type(e).__name__}: {e}). Is it "
+                     "a PyTorch checkpoint of the kind given by --kind?") from e
+
+  def to_numpy(x):
+    if isinstance(x, torch.Tensor):
+      return x.detach().cpu().numpy()
+    if isinstance(x, dict):
+      return {k: to_numpy(v) for k, v in x.items()}
+    return x
+  return to_numpy(ckpt)
+
+
+def convert_stylegan2(source: str) -> tuple[dict, dict]:
+  from clip2protect_jax.convert.stylegan2 import convert_generator
+  from clip2protect_jax.models.stylegan2 import Generator
+  from clip2protect_jax.weights import stylegan2_arch
+  ckpt = load_torch_checkpoint(source)
+  state_dict = ckpt["g_ema"] if "g_ema" in ckpt else ckpt
+  model = Generator(FLAGS.size, FLAGS.style_dim, FLAGS.n_mlp, FLAGS.channel_multiplier,
+                    FLAGS.channel_max, lr_mlp=FLAGS.lr_mlp)
+  params, noise = convert_generator(
+      state_dict, size=FLAGS.size, style_dim=FLAGS.style_dim, n_mlp=FLAGS.n_mlp,
+      channel_multiplier=FLAGS.channel_multiplier, channel_max=FLAGS.channel_max,
+      source=source)
+  tree = {"params": params, "noise": noise}
+  if "latent_avg" in ckpt:
+    tree["latent_avg"] = ckpt["latent_avg"].reshape(-1).astype("float32")
+  return tree, {"architecture": stylegan2_arch(model),
+                "has_latent_avg": "latent_avg" in tree}
+
+
+def convert_face(source: str) -> tuple[dict, dict]:
+  from clip2protect_jax.convert.face import convert_face as convert
+  from clip2protect_jax.models.face import registry
+  if FLAGS.name not in registry.names():
+    raise SystemExit(f"--name must be one of {registry.names()} for --kind=face")
+  return {"params": convert(FLAGS.name, load_torch_checkpoint(source))}, {"name": FLAGS.name}
+
+
+def convert_clip(source: str) -> tuple[dict, dict]:
+  import json
+  from clip2protect_jax.convert import clip as convert
+  from clip2protect_jax.models.clip import PRESETS
+  if FLAGS.clip_format == "hf":
+    if not FLAGS.hf_config:
+      raise SystemExit("--clip_format=hf needs --hf_config=PATH/config.json")
+    with open(FLAGS.hf_config) as f:
+      config = convert.config_from_hf(json.load(f))
+    tree = convert.convert_hf_state_dict(convert.load_hf_safetensors(source), config)
+  else:
+    if FLAGS.clip_preset not in PRESETS:
+      raise SystemExit(f"--clip_preset must be one of {sorted(PRESETS)}")
+    config = PRESETS[FLAGS.clip_preset]
+    tree = convert.convert_openai_state_dict(convert.load_openai_checkpoint(source), config)
+  return tree, {"clip_config": dataclasses.asdict(config)}
+
+
+CONVERTERS = {"stylegan2": convert_stylegan2, "face": convert_face, "clip": convert_clip}
+
+
+def main(argv):
+  del argv
+  from clip2protect_jax import checkpoints
+  if os.path.exists(FLAGS.output):
+    raise SystemExit(f"--output {FLAGS.output} exists; remove it or choose another path.")
+  if not os.path.isfile(FLAGS.input):
+    raise SystemExit(f"--input {FLAGS.input}: no such file")
+  tree, meta = CONVERTERS[FLAGS.kind](FLAGS.input)
+  meta.update(kind=FLAGS.kind, source=os.path.abspath(FLAGS.input),
+              source_sha256=sha256_of(FLAGS.input), format_version=1)
+  checkpoints.save(FLAGS.output, tree, meta)
+  print(f"wrote {FLAGS.output} ({FLAGS.kind}, source sha256 {meta['source_sha256']})")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the pinned requirements; re-running is cheap (a stamp file
+# records what was installed). Usage: bash tools/setup.sh        # runtime only
+#                                     bash tools/setup.sh dev    # + tests, torch (CPU)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+req=requirements.txt
+[[ "${1:-}" == "dev" ]] && req=requirements-dev.txt
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+stamp=".venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-${req%.txt}"
+if [[ ! -f "$stamp" ]]; then
+  if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req" \
+      > .venv/pip.log 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" .venv/pip.log | tail -20 >&2
+    echo "setup: pip install -r $req failed (full log: .venv/pip.log)" >&2
+    exit 1
+  fi
+  if [[ "$req" == requirements-dev.txt ]] && ! .venv/bin/python -m pip install --quiet \
+      --disable-pip-version-check --no-deps -r requirements-dev-nodeps.txt \
+      >> .venv/pip.log 2>&1; then
+    echo "setup: pip install --no-deps -r requirements-dev-nodeps.txt failed" >&2
+    exit 1
+  fi
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
