@@ -102,6 +102,18 @@ def test_converter_matches_module_tree():
   assert [n.shape for n in noise] == [s for s in stylegan2.noise_shapes(16)]
 
 
+@pytest.mark.parametrize("size", [4, 8, 32])
+def test_any_power_of_two_size(size):
+  arch = {**TINY, "size": size}
+  model = stylegan2.Generator(**arch)
+  params, noise = convert_generator(tiny_torch_state_dict(**arch), **arch)
+  assert jax.tree_util.tree_map(np.shape, params) == jax.tree_util.tree_map(
+      lambda a: a.shape, stylegan2.abstract_params(model))
+  wplus = jax.random.normal(jax.random.key(0), (1, model.n_latent, 32))
+  img = jax.jit(lambda p, w, n: model.apply({"params": p}, w, n))(params, wplus, noise)
+  assert img.shape == (1, size, size, 3) and np.all(np.isfinite(img))
+
+
 @pytest.mark.parametrize("mutate, key_in_message", [
     (lambda sd: sd.pop("convs.1.conv.modulation.bias"), "missing (1): convs.1.conv.modulation.bias"),
     (lambda sd: sd.__setitem__("convs.9.conv.weight", np.zeros(3)), "unexpected (1): convs.9.conv.weight"),

@@ -28,6 +28,8 @@ flags.DEFINE_list("modes", ["synth", "grad_wplus", "grad_params"], "What to time
 flags.DEFINE_integer("iters", 5, "Timed calls after warm-up.")
 flags.DEFINE_string("precision", "default", "lax precision: default | high | highest.")
 flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture).")
+flags.DEFINE_string("golden", None, "Optional golden folder: also print the bf16 and fp32 "
+                    "errors of the recipe-v1 StyleGAN2 256 against the official output.")
 FLAGS = flags.FLAGS
 
 
@@ -56,6 +58,8 @@ def main(argv):
       return jax.grad(loss)(p, w[None], [m[None] for m in n])
     return jax.jit(jax.vmap(one))
 
+  if FLAGS.golden:
+    golden_precision_report(FLAGS.golden, precision)
   outputs = {}
   for dtype in FLAGS.dtypes:
     model = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
@@ -94,6 +98,25 @@ def main(argv):
       rel_l2 = np.linalg.norm(img - ref) / np.linalg.norm(ref)
       print(f"{dtype} vs float32 synthesis, batch {bs}: scaled max error {scaled:.2e}, "
             f"rel-L2 {rel_l2:.2e}")
+
+
+def golden_precision_report(golden_dir: str, precision) -> None:
+  """Error of each compute dtype on the golden StyleGAN2 256 (recipe weights, stored W+)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from clip2protect_jax.models import stylegan2
+  from clip2protect_jax.parity import recipe
+  from clip2protect_jax.parity.stylegan2 import load_generator
+  entry = recipe.load_manifest(golden_dir)["models"]["stylegan2_256"]
+  golden = recipe.load_arrays(golden_dir, entry["file"])
+  _, params, noise = load_generator(entry)
+  ref = np.transpose(golden["g256_img"], (0, 2, 3, 1))
+  for dtype in FLAGS.dtypes:
+    model = stylegan2.Generator(256, dtype=jnp.dtype(dtype), precision=precision)
+    img = np.asarray(model.apply({"params": params}, jnp.asarray(golden["g256_wplus"]), noise))
+    print(f"golden StyleGAN2 256, {dtype} compute vs official fp32 output: scaled max error "
+          f"{np.abs(img - ref).max() / np.abs(ref).max():.2e}, rel-L2 "
+          f"{np.linalg.norm(img - ref) / np.linalg.norm(ref):.2e}")
 
 
 if __name__ == "__main__":
