@@ -24,14 +24,7 @@ REGISTRY_NAME = {"irse50": "irse50", "ir152": "ir152", "mobileface": "mobile_fac
                  "facenet": "facenet"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  """Most XLA optimisations off for this module: halves the compile time of the big
-  models on CPU (run time barely changes); every tolerance below still holds."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

@@ -174,3 +174,11 @@ def test_convert_tool_face_kind(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "missing (1)" in proc.stderr
   assert not (tmp_path / "broken").exists()
+
+
+def test_parity_tool_rejects_unsupported_items():
+  proc = subprocess.run(
+      [sys.executable, "tools/parity.py", "--golden=tests/golden", "--only=stylegan2,nope"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert "nope" in proc.stderr and "stylegan2" in proc.stderr

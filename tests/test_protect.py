@@ -11,6 +11,7 @@ from clip2protect_jax.models import stylegan2
 from clip2protect_jax.models.clip import CLIP, CLIPConfig
 from clip2protect_jax.models.face import registry
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 SIZE, DIM = 16, 32
 TINY_FR = ("tiny_fr_a", "tiny_fr_b")
 

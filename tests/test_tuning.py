@@ -10,6 +10,7 @@ from clip2protect_jax import tuning
 from clip2protect_jax.models import stylegan2
 from clip2protect_jax.models.lpips import LPIPS
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 SIZE, DIM = 16, 32
 
 

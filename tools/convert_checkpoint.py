@@ -15,6 +15,8 @@ Kinds:
   face       AMT-GAN's FR weights (assets.zip): --name=irse50|ir152|mobile_face|facenet.
   clip       OpenAI `ViT-B-32.pt` (TorchScript), or with --clip_format=hf a Hugging Face
              `model.safetensors` plus --hf_config=config.json. --clip_preset picks the size.
+  e4e        encoder4editing `e4e_ffhq_encode.pt`: ckpt['state_dict'] ('encoder.*' keys)
+             and ckpt['latent_avg'].
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_enum("kind", None, ["stylegan2", "face", "clip"],
+flags.DEFINE_enum("kind", None, ["stylegan2", "face", "clip", "e4e"],
                   "Which network the checkpoint holds.", required=True)
 flags.DEFINE_string("input", None, "Path of the PyTorch checkpoint (.pt/.pth).",
                     required=True)
@@ -120,7 +122,14 @@ def convert_clip(source: str) -> tuple[dict, dict]:
   return tree, {"clip_config": dataclasses.asdict(config)}
 
 
-CONVERTERS = {"stylegan2": convert_stylegan2, "face": convert_face, "clip": convert_clip}
+def convert_e4e(source: str) -> tuple[dict, dict]:
+  from clip2protect_jax.convert.e4e import convert_checkpoint
+  tree = convert_checkpoint(load_torch_checkpoint(source), source=source)
+  return tree, {"stylegan_size": tree.pop("stylegan_size")}
+
+
+CONVERTERS = {"stylegan2": convert_stylegan2, "face": convert_face, "clip": convert_clip,
+              "e4e": convert_e4e}
 
 
 def main(argv):

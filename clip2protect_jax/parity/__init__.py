@@ -30,6 +30,9 @@ ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "nce_loss": ("clip2protect_jax.parity.nce_loss", ("nce_loss.npz", "clip.npz",
                                                       "text_templates.json")),
     "lpips_vgg": ("clip2protect_jax.parity.lpips", ("lpips_vgg.npz",)),
+    "e4e": ("clip2protect_jax.parity.e4e", ("e4e.npz", "manifest_e4e.json")),
+    "ffhq_align": ("clip2protect_jax.parity.ffhq_align", ("manifest_e4e.json",
+                                                          "ffhq_align/ffhq_align.npz")),
 }
 
 

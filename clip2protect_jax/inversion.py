@@ -1,0 +1,416 @@
+"""Job `invert`: photos -> FFHQ-aligned faces -> W+ codes, written resumably to the workdir.
+
+  python -m clip2protect_jax.main --config=configs/invert.py --workdir=workdir/run \
+      --config.photos=my_photos/
+
+Stages (each output is written atomically, and a rerun skips what exists):
+1. align: every photo in `config.photos` (a folder or one file) -> dlib detection, face
+   choice by `config.align.face_policy`, the e4e FFHQ alignment (align.py). Per photo
+   `invert/faces/<photo key>.json` (its faces: box, corners, valid region, or the error)
+   and per face `invert/aligned/<face id>.png` (uint8 RGB, output_size^2).
+   With `config.align.enabled=False` the photos are taken as already aligned (resized
+   with PIL bilinear, as e4e's transform does).
+2. encode, by `config.method`:
+   - "e4e": a converted e4e checkpoint (convert/e4e.py) on the 256x256 aligned faces;
+   - "projection": optimisation (projection.py) against the generator in config.generator;
+   - "latents": W+ codes from `config.latents_file` (.npy / .npz / .pt, e.g. the official
+     e4e `latents.pt`), in face order (sorted face ids) or matched by an `ids` array.
+   Per face `invert/latents/<face id>.npz` (`wplus` [n_latent, 512] float32, and the noise
+   maps `noise_K` [r, r, 1] for projection).
+3. `invert/invert.npz`: ids, sources, face_index, boxes [N, 4] (l, t, r, b photo pixels),
+   corners [N, 4, 2] (aligned square in the photo: NW, SW, SE, NE), valid [N, 8]
+   (align.photo_valid_region), at_border [N], wplus [N, n_latent, 512]; and
+   `invert/summary.json` (counts, per-file errors, method, weights used).
+Later stages read invert.npz and the aligned PNGs; align.paste_back(photo, face,
+corners, valid) puts a protected face back into its photo.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import time
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from clip2protect_jax import align, image_io
+
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SUBDIR = "invert"
+
+
+# ------------------------------------------------------------------ small helpers
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def atomic_savez(path: str, **arrays) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
+
+
+def _json_default(x):
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def list_photos(path: str) -> list[str]:
+  """Sorted photo files of a folder (recursively), or [path] for one file."""
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"config.photos={path!r}: no such file or folder. Point it at "
+                            "a folder of photos (jpg/png) or at one photo.")
+  out = []
+  for root, _, files in os.walk(path):
+    out += [os.path.join(root, f) for f in files if f.lower().endswith(PHOTO_EXTENSIONS)]
+  if not out:
+    raise FileNotFoundError(f"config.photos={path!r}: no {'/'.join(PHOTO_EXTENSIONS)} "
+                            "files found.")
+  return sorted(out)
+
+
+def photo_key(photo: str, root: str) -> str:
+  """A file-name-safe key of a photo relative to config.photos: 'sub__name.jpg'."""
+  rel = os.path.relpath(photo, root) if os.path.isdir(root) else os.path.basename(photo)
+  return re.sub(r"[^A-Za-z0-9._-]", "_", rel.replace(os.sep, "__"))
+
+
+def face_id(key: str, index: int) -> str:
+  return f"{key}_f{index}"
+
+
+def image_key(base: jax.Array, fid: str) -> jax.Array:
+  """A PRNG key per face from its id: stable across batches, reruns and photo sets."""
+  return jax.random.fold_in(base, zlib.crc32(fid.encode()) & 0x7FFFFFFF)
+
+
+# ------------------------------------------------------------------ stage 1: align
+
+def _pre_aligned(photo: np.ndarray, size: int) -> tuple[np.ndarray, dict[str, Any]]:
+  h, w = photo.shape[:2]
+  image = photo if (h, w) == (size, size) else np.asarray(
+      Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR))
+  record = {"face_index": 0, "box": [0, 0, w, h],
+            "corners": [[0, 0], [0, h], [w, h], [w, 0]],
+            "valid": [0, 0, w, h, 0, 0, 0, 0], "at_border": False}
+  return image, record
+
+
+def align_one_photo(path: str, key: str, cfg, out_dir: str) -> dict[str, Any]:
+  """Aligns one photo's faces, writes their PNGs, returns the photo's JSON record."""
+  try:
+    photo = align.check_photo(image_io.read_rgb(path), path)
+    if not cfg.enabled:
+      image, rec = _pre_aligned(photo, cfg.output_size)
+      faces = [(rec, image)]
+    else:
+      faces = []
+      detect_on = align.read_for_detection(path, photo)
+      for idx, det, aligned in align.align_photo(photo, cfg.face_policy, source=path,
+                                                 output_size=cfg.output_size,
+                                                 upsample=cfg.upsample, detect_on=detect_on):
+        faces.append(({"face_index": idx, "box": list(det.box),
+                       "corners": aligned.corners, "valid": aligned.valid,
+                       "at_border": det.at_border(photo.shape)}, aligned.image))
+  except (align.FaceAlignmentError, ValueError) as e:
+    return {"source": path, "error": str(e), "faces": []}
+  records = []
+  for rec, image in faces:
+    fid = face_id(key, rec["face_index"])
+    png = os.path.join(out_dir, "aligned", fid + ".png")
+    os.makedirs(os.path.dirname(png), exist_ok=True)
+    image_io.write_png(png, image)
+    records.append({"id": fid, "aligned_png": os.path.relpath(png, out_dir), **rec})
+  return {"source": path, "error": None, "faces": records,
+          "photo_size": [int(photo.shape[1]), int(photo.shape[0])]}
+
+
+def align_stage(config, out_dir: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+  """Runs/resumes alignment; returns (face records in id order, per-file errors)."""
+  root = config.photos
+  faces, errors = [], []
+  for path in list_photos(root):
+    key = photo_key(path, root)
+    record_path = os.path.join(out_dir, "faces", key + ".json")
+    if os.path.exists(record_path):
+      with open(record_path) as f:
+        record = json.load(f)
+    else:
+      record = align_one_photo(path, key, config.align, out_dir)
+      atomic_write_json(record_path, record)
+    if record["error"]:
+      if config.align.on_error == "raise":
+        raise align.FaceAlignmentError(record["error"])
+      logging.warning("skipping %s", record["error"])
+      errors.append({"source": path, "error": record["error"]})
+    for face in record["faces"]:
+      faces.append({**face, "source": path})
+  return sorted(faces, key=lambda f: f["id"]), errors
+
+
+def load_aligned(out_dir: str, face: dict[str, Any], size: int | None = None) -> np.ndarray:
+  """uint8 [S, S, 3] aligned face; resized with PIL bilinear to `size` if given."""
+  img = image_io.read_rgb(os.path.join(out_dir, face["aligned_png"]))
+  if size is not None and img.shape[0] != size:
+    img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
+  return img
+
+
+# ------------------------------------------------------------------ stage 2: encoders
+
+def _batches(items: list, size: int):
+  for i in range(0, len(items), size):
+    yield items[i:i + size]
+
+
+def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+  """Pads the leading axis to `size` by repeating the last item (one compiled shape)."""
+  if x.shape[0] == size:
+    return x
+  return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def encode_e4e(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
+  """Runs the converted e4e encoder on the faces in `todo`; returns a weights description."""
+  from clip2protect_jax.convert.e4e import load_converted
+  from clip2protect_jax.models.e4e import images_to_input, to_wplus
+  path = config.e4e.weights
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"e4e weights {path!r} not found. Convert the official e4e_ffhq_encode.pt first: "
+        f"python tools/convert_checkpoint.py --kind=e4e --input=e4e_ffhq_encode.pt --output={path}"
+        " (or use --config.method=projection).")
+  model, params, latent_avg = load_converted(path)
+  check_n_latent(config, latent_avg.shape[0], f"e4e checkpoint {path}")
+  encode = jax.jit(lambda p, x: to_wplus(model.apply({"params": p}, x), latent_avg))
+  bs = config.e4e.batch_size
+  for batch in _batches(todo, bs):
+    x = images_to_input(np.stack([load_aligned(out_dir, f, 256) for f in batch]))
+    with jax.default_matmul_precision(config.e4e.matmul_precision):
+      wplus = np.asarray(encode(params, jnp.asarray(_pad_batch(x, bs))))
+    for j, face in enumerate(batch):
+      atomic_savez(latent_path(out_dir, face["id"]), wplus=wplus[j].astype(np.float32))
+  return f"e4e {path}"
+
+
+def load_lpips(cfg_proj, key: jax.Array):
+  """(perceptual fn or None, description) from config.projection.lpips_weights."""
+  from clip2protect_jax import checkpoints
+  from clip2protect_jax.models.lpips import LPIPS
+  if not cfg_proj.lpips:
+    return None, "none (lpips weight 0)"
+  model = LPIPS()
+  x = jnp.zeros((1, 32, 32, 3))
+  source = cfg_proj.lpips_weights
+  if source == "random":
+    params = model.init(key, x, x)
+    # Non-negative heads, as trained LPIPS heads are: a distance, however uninformed.
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: jnp.abs(v) if "lin" in jax.tree_util.keystr(p) else v, params)
+    description = "RANDOM LPIPS (seeded init, |heads|): not a perceptual metric"
+  else:
+    if not os.path.isdir(source):
+      raise FileNotFoundError(
+          f"LPIPS weights {source!r} not found: an orbax folder holding {{'params'}} of "
+          "models/lpips.LPIPS (convert/lpips.py), or 'random', or set "
+          "--config.projection.lpips=0 for MSE-only projection.")
+    abstract = jax.eval_shape(model.init, key, x, x)
+    params = {"params": checkpoints.restore(source, abstract)["params"]}
+    description = f"LPIPS {source}"
+  return (lambda a, b: model.apply(params, a, b)), description
+
+
+def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
+  from clip2protect_jax import projection
+  from clip2protect_jax.weights import load_generator
+  base = jax.random.key(config.seed)
+  gen_key, lpips_key, stats_key, face_base = jax.random.split(base, 4)
+  gen = load_generator(config.generator, gen_key)
+  check_n_latent(config, gen.model.n_latent, "generator")
+  perceptual, lp_desc = load_lpips(config.projection, lpips_key)
+  p = config.projection
+  cfg = projection.ProjectionConfig(
+      steps=p.steps, lr=p.lr, lr_rampup=p.lr_rampup, lr_rampdown=p.lr_rampdown,
+      noise=p.noise, noise_ramp=p.noise_ramp, noise_regularize=p.noise_regularize,
+      mse=p.mse, lpips=p.lpips, w_plus=p.w_plus, n_mean_latent=p.n_mean_latent)
+  mean, std = projection.latent_stats(gen.model, gen.params, stats_key, cfg.n_mean_latent)
+  projector = projection.make_projector(gen.model, cfg, perceptual)
+  size = min(256, gen.model.size)
+  bs = p.batch_size
+  for batch in _batches(todo, bs):
+    u8 = np.stack([load_aligned(out_dir, f, size) for f in batch])
+    targets = jnp.asarray(_pad_batch(u8, bs).astype(np.float32) / 127.5 - 1.0)
+    keys = [image_key(face_base, f["id"]) for f in batch]
+    keys = jnp.stack(keys + [keys[-1]] * (bs - len(batch)))
+    wplus, noises, losses = projection.project(
+        gen.model, gen.params, targets, base, cfg, perceptual, image_keys=keys,
+        latent_mean=mean, latent_std=std, projector=projector)
+    wplus, noises = np.asarray(wplus), [np.asarray(n) for n in noises]
+    for j, face in enumerate(batch):
+      atomic_savez(latent_path(out_dir, face["id"]), wplus=wplus[j],
+                   loss=np.float32(losses["total"][j]),
+                   **{f"noise_{k}": n[j] for k, n in enumerate(noises)})
+  return f"projection ({gen.description}; {lp_desc}; {cfg.steps} steps)"
+
+
+def read_latents_file(path: str) -> tuple[np.ndarray, list[str] | None]:
+  """W+ (or W) codes from .npy / .npz ('wplus' or the only array, optional 'ids') / .pt."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.latents_file={path!r}: no such file.")
+  ids = None
+  if path.endswith(".npy"):
+    codes = np.load(path, allow_pickle=False)
+  elif path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as d:
+      names = [k for k in d.files if k != "ids"]
+      name = "wplus" if "wplus" in d.files else (names[0] if len(names) == 1 else None)
+      if name is None:
+        raise ValueError(f"{path}: expected an array 'wplus' (found {d.files}).")
+      codes = d[name]
+      ids = [str(i) for i in d["ids"]] if "ids" in d.files else None
+  elif path.endswith((".pt", ".pth")):
+    import torch
+    codes = torch.load(path, map_location="cpu", weights_only=True)
+    codes = codes.detach().cpu().numpy() if hasattr(codes, "detach") else np.asarray(codes)
+  else:
+    raise ValueError(f"{path}: latents file must be .npy, .npz or .pt")
+  codes = np.asarray(codes, np.float32)
+  if codes.ndim == 2:
+    codes = codes[:, None, :]
+  if codes.ndim != 3:
+    raise ValueError(f"{path}: codes must be [N, n_latent, 512] or [N, 512], got "
+                     f"{codes.shape}")
+  return codes, ids
+
+
+def encode_latents_file(config, out_dir: str, todo: list[dict[str, Any]],
+                        all_faces: list[dict[str, Any]]) -> str:
+  codes, ids = read_latents_file(config.latents_file)
+  n_latent = num_latents(config)
+  if codes.shape[1] == 1:
+    codes = np.repeat(codes, n_latent, axis=1)
+  check_n_latent(config, codes.shape[1], config.latents_file)
+  if ids is None:
+    if codes.shape[0] != len(all_faces):
+      raise ValueError(
+          f"{config.latents_file}: {codes.shape[0]} codes for {len(all_faces)} faces. Codes "
+          "are taken in sorted face-id order; add an 'ids' array to an .npz to match by id.")
+    by_id = {f["id"]: codes[i] for i, f in enumerate(all_faces)}
+  else:
+    by_id = dict(zip(ids, codes))
+  missing = [f["id"] for f in todo if f["id"] not in by_id]
+  if missing:
+    raise ValueError(f"{config.latents_file}: no codes for faces {missing[:5]}")
+  for face in todo:
+    atomic_savez(latent_path(out_dir, face["id"]), wplus=by_id[face["id"]])
+  return f"latents file {config.latents_file}"
+
+
+def num_latents(config) -> int:
+  from clip2protect_jax.models.stylegan2 import num_latents as n
+  return n(config.generator.size)
+
+
+def check_n_latent(config, got: int, source: str) -> None:
+  want = num_latents(config)
+  if got != want:
+    raise ValueError(f"{source} gives {got} W+ rows but config.generator.size="
+                     f"{config.generator.size} needs {want}.")
+
+
+def latent_path(out_dir: str, fid: str) -> str:
+  return os.path.join(out_dir, "latents", fid + ".npz")
+
+
+# ------------------------------------------------------------------ the job
+
+ENCODERS = ("e4e", "projection", "latents")
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Aligns and inverts every photo of config.photos into workdir/invert (resumable)."""
+  if config.method not in ENCODERS:
+    raise ValueError(f"config.method={config.method!r}: use one of {ENCODERS}")
+  out_dir = os.path.join(workdir, SUBDIR)
+  os.makedirs(out_dir, exist_ok=True)
+  t0 = time.perf_counter()
+  faces, errors = align_stage(config, out_dir)
+  t_align = time.perf_counter() - t0
+  todo = [f for f in faces if not os.path.exists(latent_path(out_dir, f["id"]))]
+  weights = "nothing to encode"
+  if todo:
+    if config.method == "e4e":
+      weights = encode_e4e(config, out_dir, todo)
+    elif config.method == "projection":
+      weights = encode_projection(config, out_dir, todo)
+    else:
+      weights = encode_latents_file(config, out_dir, todo, faces)
+  t_encode = time.perf_counter() - t0 - t_align
+  result = collect(out_dir, faces, num_latents(config), config.generator.style_dim)
+  summary = {"job": "invert", "method": config.method, "weights": weights,
+             "photos": config.photos, "n_faces": len(faces), "encoded_now": len(todo),
+             "kept_from_earlier_runs": len(faces) - len(todo), "errors": errors,
+             "align_seconds": t_align, "encode_seconds": t_encode,
+             "output": os.path.relpath(os.path.join(out_dir, "invert.npz"), workdir)}
+  atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+  print(f"invert: {len(faces)} faces ({len(todo)} new, {len(errors)} photos skipped) -> "
+        f"{out_dir}/invert.npz. Method: {weights}")
+  return {**summary, "arrays": result}
+
+
+def collect(out_dir: str, faces: list[dict[str, Any]], n_latent: int, style_dim: int
+            ) -> dict[str, np.ndarray]:
+  """Gathers the per-face records and latents into invert/invert.npz (atomic)."""
+  wplus = np.zeros((len(faces), n_latent, style_dim), np.float32)
+  for i, face in enumerate(faces):
+    with np.load(latent_path(out_dir, face["id"])) as d:
+      wplus[i] = d["wplus"]
+  arrays = {
+      "ids": np.array([f["id"] for f in faces], dtype=str),
+      "sources": np.array([f["source"] for f in faces], dtype=str),
+      "face_index": np.array([f["face_index"] for f in faces], np.int64),
+      "boxes": np.array([f["box"] for f in faces], np.float64).reshape(-1, 4),
+      "corners": np.array([f["corners"] for f in faces], np.float64).reshape(-1, 4, 2),
+      "valid": np.array([f["valid"] for f in faces], np.float64).reshape(-1, 8),
+      "at_border": np.array([f["at_border"] for f in faces], bool),
+      "wplus": wplus,
+  }
+  atomic_savez(os.path.join(out_dir, "invert.npz"), **arrays)
+  return arrays
+
+
+def load_inversion(workdir: str) -> dict[str, np.ndarray]:
+  """The arrays of workdir/invert/invert.npz (for later stages)."""
+  path = os.path.join(workdir, SUBDIR, "invert.npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: run the invert job first "
+                            "(--config=configs/invert.py).")
+  with np.load(path, allow_pickle=False) as d:
+    return {k: d[k] for k in d.files}

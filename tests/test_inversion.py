@@ -1,0 +1,237 @@
+"""The `invert` job (alignment -> W+ codes in the workdir, resumable) and projection.py."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip2protect_jax import align, inversion, projection
+from clip2protect_jax.image_io import read_rgb
+from clip2protect_jax.models import stylegan2
+
+GOLDEN = "tests/golden"
+# Photo-derived golden data (../shared/faces/README.md: photos are not committed).
+ALIGN_GOLDEN = "../shared/golden/ffhq_align"
+needs_photos = pytest.mark.skipif(
+    not os.path.isdir(ALIGN_GOLDEN), reason=f"{ALIGN_GOLDEN} not present")
+CONFIG = "configs/invert.py"
+
+
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
+
+def _config(arg: str = ""):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("invert_config", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+# ------------------------------------------------------------------ the job
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+  """A face photo, a two-face photo, a flat image (no face) and a tiny image."""
+  pytest.importorskip("dlib")
+  try:
+    align.dlib_models()
+  except align.FaceAlignmentError as e:
+    pytest.skip(str(e))
+  root = tmp_path_factory.mktemp("photos")
+  if not os.path.isdir(ALIGN_GOLDEN):
+    pytest.skip(f"{ALIGN_GOLDEN} not present")
+  face = read_rgb(os.path.join(ALIGN_GOLDEN, "img14_pretransform.png"))
+  Image.fromarray(face).save(root / "a_face.png")
+  small = np.asarray(Image.fromarray(face).resize((240, 240), Image.Resampling.LANCZOS))
+  pad = np.zeros((318, 240, 3), np.uint8)
+  pad[:240] = small
+  os.makedirs(root / "sub")
+  Image.fromarray(np.concatenate([face, pad], axis=1)).save(root / "sub" / "group.png")
+  Image.fromarray(np.full((120, 120, 3), 90, np.uint8)).save(root / "flat.png")
+  Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "tiny.png")
+  with open(root / "notes.txt", "w") as f:
+    f.write("not a photo")
+  return str(root), face
+
+
+def test_invert_job_with_given_latents_is_complete_and_resumable(photo_dir, tmp_path):
+  root, face = photo_dir
+  config = _config("latents")
+  config.photos = root
+  config.align.face_policy = "all"
+  codes = np.random.default_rng(0).standard_normal((3, 18, 512)).astype(np.float32)
+  config.latents_file = str(tmp_path / "latents.npy")
+  np.save(config.latents_file, codes)
+  workdir = str(tmp_path / "work")
+
+  summary = inversion.run(config, workdir)
+  out = inversion.load_inversion(workdir)
+  # Faces in sorted id order: a_face (1 face), sub__group (2 faces).
+  assert list(out["ids"]) == ["a_face.png_f0", "sub__group.png_f0", "sub__group.png_f1"]
+  np.testing.assert_array_equal(out["wplus"], codes)
+  assert out["boxes"].shape == (3, 4) and out["corners"].shape == (3, 4, 2)
+  errors = {os.path.basename(e["source"]): e["error"] for e in summary["errors"]}
+  assert set(errors) == {"flat.png", "tiny.png"}
+  assert "no face found" in errors["flat.png"] and "too small" in errors["tiny.png"]
+  # The stored aligned face and transform are those of align.py on the photo.
+  ref = align.align_photo(face, "largest")[0][2]
+  aligned = read_rgb(os.path.join(workdir, "invert", "aligned", "a_face.png_f0.png"))
+  np.testing.assert_array_equal(aligned, ref.image)
+  np.testing.assert_allclose(out["corners"][0], ref.corners)
+  np.testing.assert_allclose(out["valid"][0], ref.valid)
+  # The two group faces come from the two halves of the group photo.
+  assert out["boxes"][1:, 0].min() < 318 <= out["boxes"][1:, 0].max()
+  # Paste-back from the stored arrays leaves the photo outside the face untouched.
+  pasted = align.paste_back(face, aligned, out["corners"][0], out["valid"][0])
+  mask = align.paste_mask(face.shape, out["corners"][0], out["valid"][0])
+  np.testing.assert_array_equal(pasted[mask == 0], face[mask == 0])
+
+  # Rerun with different codes: nothing is re-aligned or re-encoded.
+  np.save(config.latents_file, codes + 1.0)
+  before = os.path.getmtime(os.path.join(workdir, "invert", "aligned", "a_face.png_f0.png"))
+  summary2 = inversion.run(config, workdir)
+  assert summary2["encoded_now"] == 0 and summary2["kept_from_earlier_runs"] == 3
+  np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"], codes)
+  assert before == os.path.getmtime(
+      os.path.join(workdir, "invert", "aligned", "a_face.png_f0.png"))
+  # An interrupted encode (a missing latent file) is redone for that face only.
+  os.remove(os.path.join(workdir, "invert", "latents", "sub__group.png_f1.npz"))
+  summary3 = inversion.run(config, workdir)
+  assert summary3["encoded_now"] == 1
+  np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"][2], codes[2] + 1)
+  leftovers = [f for _, _, fs in os.walk(workdir) for f in fs if f.endswith(".tmp")]
+  assert not leftovers
+  with open(os.path.join(workdir, "invert", "summary.json")) as f:
+    assert json.load(f)["n_faces"] == 3
+
+
+def test_invert_job_errors(photo_dir, tmp_path):
+  root, _ = photo_dir
+  config = _config("latents")
+  config.photos = root
+  config.latents_file = str(tmp_path / "two.npy")
+  np.save(config.latents_file, np.zeros((2, 18, 512), np.float32))   # 2 faces: largest
+  config.align.on_error = "raise"
+  with pytest.raises(align.FaceAlignmentError, match="flat.png: no face found"):
+    inversion.run(config, str(tmp_path / "w1"))
+  config.align.on_error = "skip"
+  np.save(config.latents_file, np.zeros((3, 18, 512), np.float32))
+  with pytest.raises(ValueError, match="3 codes for 2 faces"):
+    inversion.run(config, str(tmp_path / "w2"))
+  config.method = "e4e"
+  config.e4e.weights = str(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match="kind=e4e"):
+    inversion.run(config, str(tmp_path / "w3"))
+  config.photos = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    inversion.run(config, str(tmp_path / "w4"))
+
+
+@needs_photos
+def test_pre_aligned_photos_and_id_matched_latents(tmp_path):
+  root = tmp_path / "aligned"
+  os.makedirs(root)
+  img = np.asarray(Image.open(os.path.join(ALIGN_GOLDEN, "img14_aligned256.png")))
+  Image.fromarray(np.asarray(Image.fromarray(img).resize((512, 512)))).save(root / "x.png")
+  config = _config("latents")
+  config.photos = str(root)
+  config.align.enabled = False
+  config.latents_file = str(tmp_path / "codes.npz")
+  w = np.arange(512, dtype=np.float32)
+  np.savez(config.latents_file, wplus=w[None], ids=np.array(["x.png_f0"]))
+  inversion.run(config, str(tmp_path / "w"))
+  out = inversion.load_inversion(str(tmp_path / "w"))
+  np.testing.assert_array_equal(out["wplus"][0], np.broadcast_to(w, (18, 512)))  # W -> W+
+  np.testing.assert_array_equal(out["corners"][0], [[0, 0], [0, 512], [512, 512], [512, 0]])
+
+
+# ------------------------------------------------------------------ projection
+
+@pytest.fixture(scope="module")
+def tiny_generator():
+  """(model, params, two smooth target images [2, 32, 32, 3] in [-1, 1], mean w, w std)."""
+  model = stylegan2.Generator(32, 32, 2, channel_max=16)
+  params = stylegan2.init_params(model, jax.random.key(0))
+  yy, xx = np.mgrid[0:32, 0:32] / 31.0
+  targets = np.stack([np.stack([xx, yy, xx * yy], -1), np.stack([yy, 1 - xx, xx], -1)])
+  mean, std = projection.latent_stats(model, params, jax.random.key(2), 256)
+  return model, params, jnp.asarray(targets * 1.6 - 0.8, jnp.float32), mean, std
+
+
+def test_projection_reduces_the_loss_and_batches_equal_single_images(tiny_generator):
+  model, params, targets, mean, std = tiny_generator
+  cfg = projection.ProjectionConfig(steps=20, mse=1.0, lpips=0.0, noise_regularize=1e3,
+                                    n_mean_latent=256)
+  keys = jax.random.split(jax.random.key(3), 2)
+  proj = projection.make_projector(model, cfg, None)
+  wplus, noises, losses = projection.project(model, params, targets, jax.random.key(2), cfg,
+                                             None, image_keys=keys, latent_mean=mean,
+                                             latent_std=std, projector=proj)
+  assert wplus.shape == (2, model.n_latent, 32)
+  start = model.apply({"params": params},
+                      stylegan2.broadcast_to_wplus(jnp.broadcast_to(mean, (2, 32)), 32), noises)
+  end = model.apply({"params": params}, wplus, noises)
+  mse0 = np.mean((np.asarray(start) - np.asarray(targets)) ** 2, axis=(1, 2, 3))
+  mse1 = np.mean((np.asarray(end) - np.asarray(targets)) ** 2, axis=(1, 2, 3))
+  assert np.all(mse1 < 0.5 * mse0), (mse0, mse1)
+  for n in noises:                                   # re-normalised after every step
+    np.testing.assert_allclose(np.asarray(n).mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+  # Image 1 in another batch (other slot, other neighbour), with its own key, gives the
+  # same code up to float rounding (a different key moves it by ~1e-1).
+  other = jnp.stack([targets[1], -targets[0]])
+  again, _, _ = projection.project(model, params, other, jax.random.key(2), cfg, None,
+                                   image_keys=jnp.stack([keys[1], keys[0]]),
+                                   latent_mean=mean, latent_std=std, projector=proj)
+  diff = np.abs(np.asarray(again[0]) - np.asarray(wplus[1]))
+  assert diff.max() < 2e-3 and diff.mean() < 1e-4, (diff.max(), diff.mean())
+
+
+def test_projection_w_mode_gives_equal_rows(tiny_generator):
+  model, params, targets, mean, std = tiny_generator
+  cfg = projection.ProjectionConfig(steps=2, mse=1.0, lpips=0.0, w_plus=False)
+  wplus, _, _ = projection.project(model, params, targets[:1], jax.random.key(1), cfg, None,
+                                   latent_mean=mean, latent_std=std)
+  w = np.asarray(wplus)
+  assert w.shape == (1, model.n_latent, 32) and np.all(w == w[:, :1])
+
+
+def test_noise_regularize_matches_the_official_function():
+  torch = pytest.importorskip("torch")
+
+  def official(noises):  # rosinality projector.py
+    loss = 0
+    for noise in noises:
+      size = noise.shape[2]
+      while True:
+        loss = (loss + (noise * torch.roll(noise, shifts=1, dims=3)).mean().pow(2)
+                + (noise * torch.roll(noise, shifts=1, dims=2)).mean().pow(2))
+        if size <= 8:
+          break
+        noise = noise.reshape([-1, 1, size // 2, 2, size // 2, 2]).mean([3, 5])
+        size //= 2
+    return loss
+
+  rng = np.random.default_rng(0)
+  maps = [rng.standard_normal((r, r, 1)).astype(np.float32) + 0.3 for r in (4, 8, 16, 32)]
+  ref = official([torch.from_numpy(m.transpose(2, 0, 1)[None]) for m in maps])
+  ours = projection.noise_regularize([jnp.asarray(m) for m in maps])
+  np.testing.assert_allclose(float(ours), float(ref), rtol=1e-5)
+
+
+def test_learning_rate_schedule():
+  lr = lambda t: float(projection.learning_rate(t, 0.1))
+  assert lr(0.0) == 0.0 and abs(lr(0.05) - 0.1) < 1e-7 and abs(lr(0.5) - 0.1) < 1e-7
+  assert abs(lr(0.875) - 0.05) < 1e-6 and lr(1.0) == 0.0
+  assert abs(lr(0.025) - 0.05) < 1e-7
+
+
+def test_downsample_is_mean_pooling():
+  x = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
+  y = projection.downsample_to(x, 4)
+  np.testing.assert_allclose(np.asarray(y[0, 0, 0]), np.asarray(x[0, :2, :2].mean((0, 1))))
