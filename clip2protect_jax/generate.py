@@ -5,7 +5,6 @@ written to a temporary name and renamed, so an interrupted run never leaves a br
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -77,8 +76,7 @@ def run(config, workdir: str) -> dict:
       "later_batches_mean_seconds": float(np.mean(timings[1:])) if len(timings) > 1 else None,
       "images": [os.path.relpath(p, workdir) for p in paths],
   }
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2, default=str)
+  image_io.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
   logging.info("wrote %d images (%d kept) to %s; weights: %s", len(todo),
                config.num_images - len(todo), image_dir, gen.description)
   print(f"generate: {config.num_images} images in {image_dir} "

@@ -1,11 +1,48 @@
-"""Image file IO on the host: PNG/JPEG <-> arrays. Writes are atomic (temp file + rename)."""
+"""Host file IO: PNG/JPEG <-> arrays, npz, JSON. Every write is atomic (temp file + rename),
+so an interrupted job never leaves a truncated file that a rerun would trust."""
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` via a temporary file in the same folder and a rename."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def atomic_savez(path: str, **arrays) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def _json_default(x):
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  return str(x)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  """JSON with numpy arrays/scalars as lists/numbers (anything else as its str)."""
+  atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -15,16 +52,10 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: str, image_u8: np.ndarray) -> None:
-  """Writes uint8 [H, W, 3] to `path` atomically."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=folder)
-  os.close(fd)
-  try:
-    Image.fromarray(np.asarray(image_u8, np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """Writes uint8 [H, W, 3] to `path` atomically (lossless PNG)."""
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image_u8, np.uint8)).save(buf, format="PNG")
+  atomic_write_bytes(path, buf.getvalue())
 
 
 def read_rgb(path: str) -> np.ndarray:

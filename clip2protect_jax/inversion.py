@@ -26,11 +26,9 @@ corners, valid) puts a protected face back into its photo.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import tempfile
 import time
 import zlib
 from typing import Any
@@ -42,43 +40,13 @@ from absl import logging
 from PIL import Image
 
 from clip2protect_jax import align, image_io
+from clip2protect_jax.image_io import atomic_savez, atomic_write_json
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SUBDIR = "invert"
 
 
 # ------------------------------------------------------------------ small helpers
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def atomic_savez(path: str, **arrays) -> None:
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-  atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
-
-
-def _json_default(x):
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, np.generic):
-    return x.item()
-  raise TypeError(f"not JSON serialisable: {type(x)}")
-
 
 def list_photos(path: str) -> list[str]:
   """Sorted photo files of a folder (recursively), or [path] for one file."""
