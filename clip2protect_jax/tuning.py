@@ -16,6 +16,7 @@ needs exactly that, and nothing is pickled.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -70,6 +71,16 @@ def make_image_step(generator: Generator, lpips_model: LPIPS,
   return step
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_step(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
+                   batched: bool) -> Callable:
+  """The jitted step, cached so that every batch of a job reuses one compilation."""
+  step = make_image_step(generator, lpips_model, settings)
+  if batched:
+    return jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None)), donate_argnums=(0, 1))
+  return jax.jit(step)
+
+
 def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -83,11 +94,10 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   [N, r, r, 1] (frozen, one set per image); targets [N, H, W, 3] in [-1, 1].
   Returns (tuned params with a leading N axis, losses [steps, N]).
   """
-  step = make_image_step(generator, lpips_model, settings)
   optimizer = make_optimizer(settings)
   n = wplus0.shape[0]
   if settings.schedule == "per_image":
-    batched = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None)), donate_argnums=(0, 1))
+    batched = _compiled_step(generator, lpips_model, settings, batched=True)
     params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape),
                                     gen_params)
     opt_state = jax.vmap(optimizer.init)(params)
@@ -98,7 +108,7 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
       losses.append(loss)
     return params, jnp.stack(losses)
 
-  single = jax.jit(step)
+  single = _compiled_step(generator, lpips_model, settings, batched=False)
   params, opt_state = gen_params, optimizer.init(gen_params)
   snapshots, losses = [], []
   for i in range(n):  # official: the generator and Adam state carry over to image i+1
