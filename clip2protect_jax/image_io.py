@@ -12,6 +12,10 @@ import numpy as np
 from PIL import Image
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path` via a temporary file in the same folder and a rename."""
   folder = os.path.dirname(os.path.abspath(path))
@@ -20,6 +24,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

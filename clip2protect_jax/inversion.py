@@ -188,41 +188,22 @@ def encode_e4e(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   return f"e4e {path}"
 
 
-def load_lpips(cfg_proj, key: jax.Array):
-  """(perceptual fn or None, description) from config.projection.lpips_weights."""
-  from clip2protect_jax import checkpoints
-  from clip2protect_jax.models.lpips import LPIPS
-  if not cfg_proj.lpips:
-    return None, "none (lpips weight 0)"
-  model = LPIPS()
-  x = jnp.zeros((1, 32, 32, 3))
-  source = cfg_proj.lpips_weights
-  if source == "random":
-    params = model.init(key, x, x)
-    # Non-negative heads, as trained LPIPS heads are: a distance, however uninformed.
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, v: jnp.abs(v) if "lin" in jax.tree_util.keystr(p) else v, params)
-    description = "RANDOM LPIPS (seeded init, |heads|): not a perceptual metric"
-  else:
-    if not os.path.isdir(source):
-      raise FileNotFoundError(
-          f"LPIPS weights {source!r} not found: an orbax folder holding {{'params'}} of "
-          "models/lpips.LPIPS (convert/lpips.py), or 'random', or set "
-          "--config.projection.lpips=0 for MSE-only projection.")
-    abstract = jax.eval_shape(model.init, key, x, x)
-    params = {"params": checkpoints.restore(source, abstract)["params"]}
-    description = f"LPIPS {source}"
-  return (lambda a, b: model.apply(params, a, b)), description
+def generator_key(seed: int) -> jax.Array:
+  """The key that seeds the generator's random init: projection and tuning must agree."""
+  return jax.random.split(jax.random.key(seed), 4)[0]
 
 
 def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   from clip2protect_jax import projection
-  from clip2protect_jax.weights import load_generator
+  from clip2protect_jax.weights import load_generator, load_lpips
   base = jax.random.key(config.seed)
-  gen_key, lpips_key, stats_key, face_base = jax.random.split(base, 4)
-  gen = load_generator(config.generator, gen_key)
+  _, lpips_key, stats_key, face_base = jax.random.split(base, 4)
+  gen = load_generator(config.generator, generator_key(config.seed))
   check_n_latent(config, gen.model.n_latent, "generator")
-  perceptual, lp_desc = load_lpips(config.projection, lpips_key)
+  perceptual, lp_desc = None, "none (lpips weight 0)"
+  if config.projection.lpips:
+    lp_model, lp_vars, lp_desc = load_lpips(config.projection.lpips_weights, lpips_key)
+    perceptual = lambda a, b: lp_model.apply(lp_vars, a, b)  # noqa: E731
   p = config.projection
   cfg = projection.ProjectionConfig(
       steps=p.steps, lr=p.lr, lr_rampup=p.lr_rampup, lr_rampdown=p.lr_rampdown,

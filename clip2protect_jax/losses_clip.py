@@ -124,7 +124,8 @@ def directional_clip_loss(img_x0_raw, img_raw, text_src, text_tgt) -> jax.Array:
 
 
 def lpips_mse_loss(lpips_model: LPIPS, lpips_params: Any, x_hat: jax.Array, x: jax.Array,
-                   size: int = 256, mse_weight: float = 0.1) -> jax.Array:
+                   size: int = 256, mse_weight: float = 0.1,
+                   lpips_weight: float = 1.0) -> jax.Array:
   """Stage-1 (pivotal tuning) loss per image: LPIPS(x̂, x) + 0.1 * mean((x̂ - x)^2), both
   images first resized to size x size by torch's legacy nearest (`F.interpolate(size=256)`).
 
@@ -134,4 +135,6 @@ def lpips_mse_loss(lpips_model: LPIPS, lpips_params: Any, x_hat: jax.Array, x: j
   a = resize_nearest(x_hat, (size, size))
   b = resize_nearest(x, (size, size))
   mse = jnp.mean((a - b) ** 2, axis=(1, 2, 3))
-  return lpips_model.apply(lpips_params, a, b) + mse_weight * mse
+  if not lpips_weight:  # MSE only: the LPIPS network is not run at all
+    return mse_weight * mse
+  return lpips_weight * lpips_model.apply(lpips_params, a, b) + mse_weight * mse

@@ -14,7 +14,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for outputs (resumable).
 flags.mark_flags_as_required(["config", "workdir"])
 
 # config.job -> module with `run(config, workdir)`.
-JOBS = {"generate": "clip2protect_jax.generate", "invert": "clip2protect_jax.inversion"}
+JOBS = {"generate": "clip2protect_jax.generate", "invert": "clip2protect_jax.inversion",
+        "protect": "clip2protect_jax.pipeline"}
 
 
 def main(argv):

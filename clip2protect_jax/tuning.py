@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,7 @@ class TuningSettings:
   learning_rate: float = 5e-4
   loss_resolution: int = 256       # both images are nearest-resized to this before the loss
   mse_weight: float = 0.1
+  lpips_weight: float = 1.0        # 0: MSE only (no LPIPS network is run)
   schedule: str = "per_image"      # per_image | cumulative (official quirk 1)
 
   def __post_init__(self):
@@ -61,7 +62,8 @@ def make_image_step(generator: Generator, lpips_model: LPIPS,
   def loss_fn(gen_params, wplus0, noise, target, lpips_params):
     x_hat = generator.apply({"params": gen_params}, wplus0[None], [n[None] for n in noise])
     return lpips_mse_loss(lpips_model, lpips_params, x_hat, target[None],
-                          size=settings.loss_resolution, mse_weight=settings.mse_weight)[0]
+                          size=settings.loss_resolution, mse_weight=settings.mse_weight,
+                          lpips_weight=settings.lpips_weight)[0]
 
   def step(gen_params, opt_state, wplus0, noise, target, lpips_params):
     loss, grads = jax.value_and_grad(loss_fn)(gen_params, wplus0, noise, target, lpips_params)
@@ -85,19 +87,27 @@ def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
+class TuneResult(NamedTuple):
+  params: Any        # tuned generator params, leading image axis [N, ...]
+  losses: Array      # [steps, N]
+  carry: Any         # cumulative schedule: (params, opt_state) after the last image; else None
+
+
 def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
          gen_params: Any, lpips_params: Any, wplus0: Array, noise: Sequence[Array],
-         targets: Array) -> tuple[Any, Array]:
+         targets: Array, carry: Any = None) -> TuneResult:
   """Tunes the generator on N images.
 
   gen_params: the pretrained params (shared); wplus0 [N, n_latent, D]; noise: maps
   [N, r, r, 1] (frozen, one set per image); targets [N, H, W, 3] in [-1, 1].
-  Returns (tuned params with a leading N axis, losses [steps, N]).
+  carry (cumulative only): (params, opt_state) returned by the previous batch's call, so a
+  job split into batches tunes exactly as one long sequence; None starts from gen_params.
   """
   optimizer = make_optimizer(settings)
   n = wplus0.shape[0]
+  step_settings = dataclasses.replace(settings, steps=0)  # one compilation for any steps
   if settings.schedule == "per_image":
-    batched = _compiled_step(generator, lpips_model, settings, batched=True)
+    batched = _compiled_step(generator, lpips_model, step_settings, batched=True)
     params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape),
                                     gen_params)
     opt_state = jax.vmap(optimizer.init)(params)
@@ -106,10 +116,10 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
       params, opt_state, loss = batched(params, opt_state, wplus0, list(noise), targets,
                                         lpips_params)
       losses.append(loss)
-    return params, jnp.stack(losses)
+    return TuneResult(params, jnp.stack(losses), None)
 
-  single = _compiled_step(generator, lpips_model, settings, batched=False)
-  params, opt_state = gen_params, optimizer.init(gen_params)
+  single = _compiled_step(generator, lpips_model, step_settings, batched=False)
+  params, opt_state = carry if carry is not None else (gen_params, optimizer.init(gen_params))
   snapshots, losses = [], []
   for i in range(n):  # official: the generator and Adam state carry over to image i+1
     image_losses = []
@@ -119,4 +129,4 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
       image_losses.append(loss)
     snapshots.append(params)
     losses.append(jnp.stack(image_losses))
-  return _stack(snapshots), jnp.stack(losses, axis=1)
+  return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1), (params, opt_state))

@@ -89,3 +89,80 @@ def load_generator(cfg, key: jax.Array) -> LoadedGenerator:
   return LoadedGenerator(model, tree["params"], tree["noise"], tree.get("latent_avg"),
                          f"converted checkpoint {os.path.abspath(path)} (source "
                          f"{meta.get('source')}, sha256 {meta.get('source_sha256')})")
+
+
+def _require_folder(path: str, what: str, how: str) -> None:
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{what} weights {path!r} not found. {how} (or set the weights "
+                            "field to 'random' for an engineering run without real weights).")
+
+
+def _check_kind(path: str, kind: str, **expected: Any) -> dict[str, Any]:
+  meta = checkpoints.load_metadata(path)
+  if meta.get("kind") != kind:
+    raise ValueError(f"{path} holds a {meta.get('kind')!r} checkpoint, not {kind}")
+  for k, v in expected.items():
+    if meta.get(k) != v:
+      raise ValueError(f"{path} was converted with {k}={meta.get(k)!r}, expected {v!r}")
+  return meta
+
+
+def load_face_model(name: str, weights: str, key: jax.Array) -> tuple[Any, str]:
+  """(params, description) of registered FR model `name` from a converted folder or 'random'."""
+  from clip2protect_jax.models.face import registry
+  spec = registry.get(name)
+  module = spec.module()
+  x = jnp.zeros((1, *spec.input_size, 3), jnp.float32)
+  if weights == "random":
+    return (module.init(key, x)["params"],  # eager: no compilation of a whole network
+            f"{name}: RANDOM weights (seeded init): its similarities mean nothing")
+  _require_folder(weights, f"FR model {name}",
+                  f"Convert {spec.weights_file}: python tools/convert_checkpoint.py "
+                  f"--kind=face --name={name} --input=PATH/{spec.weights_file} --output={weights}")
+  meta = _check_kind(weights, "face", name=name)
+  abstract = {"params": jax.eval_shape(module.init, key, x)["params"]}
+  params = checkpoints.restore(weights, abstract)["params"]
+  return params, f"{name}: {os.path.abspath(weights)} (sha256 {meta.get('source_sha256')})"
+
+
+def load_clip(preset: str, weights: str, key: jax.Array, dtype: Any = jnp.float32):
+  """(CLIP module, variables {'params'}, description) from a converted folder or 'random'."""
+  from clip2protect_jax.models.clip import CLIP, PRESETS
+  if preset not in PRESETS:
+    raise ValueError(f"unknown CLIP preset {preset!r}; known: {sorted(PRESETS)}")
+  model = CLIP(PRESETS[preset], dtype=dtype)
+  r = PRESETS[preset].image_resolution
+  dummy = (jnp.zeros((1, r, r, 3)), jnp.zeros((1, 8), jnp.int32))
+  if weights == "random":
+    return (model, model.init(key, *dummy),
+            f"CLIP {preset}: RANDOM weights (seeded init): the makeup prompt has no effect")
+  _require_folder(weights, "CLIP", "Convert OpenAI's ViT-B-32.pt: python "
+                  f"tools/convert_checkpoint.py --kind=clip --input=PATH/ViT-B-32.pt "
+                  f"--output={weights}")
+  meta = _check_kind(weights, "clip")
+  if meta.get("clip_config") != dataclasses.asdict(PRESETS[preset]):
+    raise ValueError(f"{weights} was converted for CLIP config {meta.get('clip_config')}, "
+                     f"not preset {preset!r}")
+  variables = checkpoints.restore(weights, jax.eval_shape(model.init, key, *dummy))
+  return model, variables, f"CLIP {preset}: {os.path.abspath(weights)}"
+
+
+def load_lpips(weights: str, key: jax.Array):
+  """(LPIPS module, variables {'params'}, description) from an orbax folder or 'random'.
+
+  'random': seeded init with non-negative heads (as trained heads are), a distance but
+  not a perceptual one.
+  """
+  from clip2protect_jax.models.lpips import LPIPS
+  model = LPIPS()
+  x = jnp.zeros((1, 32, 32, 3))
+  if weights == "random":
+    variables = jax.tree_util.tree_map_with_path(
+        lambda p, v: jnp.abs(v) if "lin" in jax.tree_util.keystr(p) else v,
+        model.init(key, x, x))
+    return model, variables, "RANDOM LPIPS (seeded init, |heads|): not a perceptual metric"
+  _require_folder(weights, "LPIPS", "An orbax folder holding {'params'} of models/lpips.LPIPS "
+                  "(convert/lpips.py from the lpips package's vgg.pth and torchvision's VGG16)")
+  variables = {"params": checkpoints.restore(weights, jax.eval_shape(model.init, key, x, x)
+                                             )["params"]}
+  return model, variables, f"LPIPS {os.path.abspath(weights)}"

@@ -13,24 +13,7 @@ the weights used (a converted checkpoint with its source sha256, or "random").
 """
 import ml_collections
 
-STYLEGAN2_FFHQ = "checkpoints/stylegan2-ffhq-config-f"
-
-
-def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
-  """rosinality Generator(size, 512, 8, channel_multiplier=2, lr_mlp=0.01)."""
-  return ml_collections.ConfigDict(dict(
-      size=size,
-      style_dim=512,
-      n_mlp=8,
-      channel_multiplier=2,
-      channel_max=512,          # < 512 only for tiny test models
-      lr_mlp=0.01,
-      blur_kernel=(1, 3, 3, 1),
-      dtype="float32",          # convolution compute dtype: float32 | bfloat16
-      precision="default",      # lax precision: default | high | highest
-      # Converted checkpoint folder, or "random" for the constructor's init (seeded).
-      weights=STYLEGAN2_FFHQ,
-  ))
+from clip2protect_jax.presets import generator_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -19,14 +19,7 @@ workdir/invert/aligned/*.png and workdir/invert/summary.json (with per-photo err
 """
 import ml_collections
 
-STYLEGAN2_FFHQ = "checkpoints/stylegan2-ffhq-config-f"
-
-
-def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
-  """rosinality Generator(size, 512, 8, channel_multiplier=2, lr_mlp=0.01) (as generate.py)."""
-  return ml_collections.ConfigDict(dict(
-      size=size, style_dim=512, n_mlp=8, channel_multiplier=2, channel_max=512, lr_mlp=0.01,
-      blur_kernel=(1, 3, 3, 1), dtype="float32", precision="default", weights=STYLEGAN2_FFHQ))
+from clip2protect_jax.presets import generator_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -35,10 +35,10 @@ def run_tuning(t, ts, sl=slice(0, 2)):
 
 def test_tuning_per_image_batched_equals_alone_and_fits(tuning_setup):
   ts = tuning.TuningSettings(steps=4, learning_rate=1e-2, loss_resolution=32)
-  params, losses = run_tuning(tuning_setup, ts)
+  params, losses, _ = run_tuning(tuning_setup, ts)
   assert losses.shape == (4, 2)
   assert np.all(np.asarray(losses[-1]) < np.asarray(losses[0])), losses
-  alone, alone_losses = run_tuning(tuning_setup, ts, slice(1, 2))
+  alone, alone_losses, _ = run_tuning(tuning_setup, ts, slice(1, 2))
   np.testing.assert_allclose(alone_losses[:, 0], losses[:, 1], rtol=1e-4)
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a[0], b[1], rtol=1e-4, atol=1e-5), alone, params)
@@ -47,8 +47,8 @@ def test_tuning_per_image_batched_equals_alone_and_fits(tuning_setup):
 def test_tuning_cumulative_carries_the_generator(tuning_setup):
   per_image = tuning.TuningSettings(steps=3, learning_rate=1e-2, loss_resolution=32)
   cumulative = dataclasses.replace(per_image, schedule="cumulative")
-  p_params, p_losses = run_tuning(tuning_setup, per_image)
-  c_params, c_losses = run_tuning(tuning_setup, cumulative)
+  p_params, p_losses, _ = run_tuning(tuning_setup, per_image)
+  c_params, c_losses, _ = run_tuning(tuning_setup, cumulative)
   # Image 0 starts from the pretrained generator either way; image 1 does not.
   np.testing.assert_allclose(c_losses[:, 0], p_losses[:, 0], rtol=1e-4)
   assert abs(float(c_losses[0, 1] - p_losses[0, 1])) > 1e-5

@@ -24,3 +24,5 @@ if [[ ! -f "$stamp" ]]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# Example photos for the embedded default and the pipeline tests (sha256-checked, idempotent).
+.venv/bin/python tools/fetch_assets.py

@@ -53,6 +53,9 @@ PRESETS: dict[str, CLIPConfig] = {
     "ViT-L/14@336px": CLIPConfig(embed_dim=768, image_resolution=336, vision_layers=24,
                                  vision_width=1024, vision_patch_size=14, vision_heads=16,
                                  transformer_width=768, transformer_heads=12),
+    # Not an OpenAI model: a small architecture for CPU smoke runs and tests only.
+    "tiny": CLIPConfig(embed_dim=32, vision_layers=1, vision_width=32, vision_heads=2,
+                       transformer_width=32, transformer_heads=2, transformer_layers=1),
 }
 
 

@@ -1,0 +1,170 @@
+"""Evaluation of protected faces (REFERENCE.md section 7): similarities, PSR, PSNR.
+
+Differentiable FR models (surrogates and victims) see the generator-resolution image with
+the face box, as in the search. dlib's C++ ResNet descriptor, a real FR model trained
+independently of anything here, is the black-box victim: it sees the photo with the
+protected face pasted back, as a third party would.
+
+PSR (protection success rate): impersonation = share of faces whose similarity to the
+target's EVALUATION photo passes the victim's threshold at a FAR; dodging = share whose
+similarity to the source (the original photo) falls below it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clip2protect_jax import align, image_io, protect
+from clip2protect_jax.models.face import registry
+
+IMAGE_KINDS = ("original", "reconstruction", "protected")
+# dlib's documented operating point: same person when the descriptor distance < 0.6
+# (99.38% on LFW). Thresholds at calibrated FARs are the subject of tools/calibrate_*.
+DLIB_DISTANCE_THRESHOLD = 0.6
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+  """PSNR in dB of two images in [0, 1] (after 8-bit quantisation, as saved)."""
+  qa = np.rint(np.clip(a, 0, 1) * 255.0)
+  qb = np.rint(np.clip(b, 0, 1) * 255.0)
+  mse = float(np.mean((qa - qb) ** 2))
+  return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+@functools.lru_cache(maxsize=16)
+def _embed_fn(name: str):
+  return jax.jit(lambda p, x, b: protect.fr_embeddings((name,), {name: p}, x, b)[name])
+
+
+def fr_similarities(fr_params: Mapping[str, Any], images: Mapping[str, np.ndarray],
+                    boxes: np.ndarray, target_eval_emb: Mapping[str, np.ndarray]
+                    ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+  """model -> {"target" | "source": {image kind: cos [n]}}.
+
+  images: kind -> [n, H, W, 3] in [0, 1] ("original" must be present: it is the source
+  reference); boxes [n, 4] in those pixels; target_eval_emb: model -> [D].
+  """
+  out = {}
+  for name, params in fr_params.items():
+    emb = {k: _embed_fn(name)(params, jnp.asarray(v), jnp.asarray(boxes))
+           for k, v in images.items()}
+    out[name] = {
+        "target": {k: np.asarray(registry.cosine_similarity(e, target_eval_emb[name][None]))
+                   for k, e in emb.items()},
+        "source": {k: np.asarray(registry.cosine_similarity(e, emb["original"]))
+                   for k, e in emb.items()},
+    }
+  return out
+
+
+# ------------------------------------------------------------------ dlib black box
+
+@functools.lru_cache(maxsize=1)
+def _dlib_models():
+  import dlib
+  return (dlib.shape_predictor(align.predictor_path("shape_predictor_5_face_landmarks.dat")),
+          dlib.face_recognition_model_v1(
+              align.predictor_path("dlib_face_recognition_resnet_model_v1.dat")))
+
+
+def dlib_descriptor(photo: np.ndarray, box: Sequence[float]) -> np.ndarray:
+  """dlib's 128-D descriptor of the face in `box` (l, t, r, b photo pixels) of uint8 RGB."""
+  import dlib
+  predictor, descriptor = _dlib_models()
+  rect = dlib.rectangle(*(int(round(v)) for v in box))
+  img = np.ascontiguousarray(photo)
+  return np.asarray(descriptor.compute_face_descriptor(img, predictor(img, rect)), np.float64)
+
+
+def largest_face_box(photo: np.ndarray, source: str, upsample: int = 1) -> tuple[int, ...]:
+  dets = align.detect_faces(photo, upsample, source)
+  if not dets:
+    raise align.FaceAlignmentError(f"{source}: no face found for the dlib victim")
+  return max(dets, key=lambda d: d.area).box
+
+
+def dlib_victim(workdir: str, records: Sequence[dict[str, Any]], photos: Mapping[str, str],
+                config) -> dict[str, Any]:
+  """dlib descriptor distances to the target's evaluation photo and to the original photo,
+  for the original photo, the reconstruction pasted back (what the generator alone does to
+  the face) and the protected photo. The face is located by its original detection box, so
+  the victim is measured on recognition, not detection."""
+  target = image_io.read_rgb(config.target.eval_photo)
+  target_desc = dlib_descriptor(target, largest_face_box(target, config.target.eval_photo,
+                                                         config.align.upsample))
+  per_face = {}
+  for r in records:
+    original = image_io.read_rgb(r["source"])
+    recon_face = image_io.read_rgb(os.path.join(workdir, "protect", "reconstructions",
+                                                r["id"] + ".png"))
+    photos_by_kind = {
+        "original": original,
+        "reconstruction": align.paste_back(original, recon_face, r["corners"], r["valid"]),
+        "protected": image_io.read_rgb(os.path.join(workdir, photos[r["source"]]))}
+    desc = {k: dlib_descriptor(v, r["photo_box"]) for k, v in photos_by_kind.items()}
+    per_face[r["id"]] = {
+        "target_distance": {k: float(np.linalg.norm(d - target_desc)) for k, d in desc.items()},
+        "source_distance": {k: float(np.linalg.norm(d - desc["original"]))
+                            for k, d in desc.items()},
+    }
+  return {"threshold": DLIB_DISTANCE_THRESHOLD, "faces": per_face}
+
+
+# ------------------------------------------------------------------ aggregation
+
+def _rates(sim_target: np.ndarray, sim_source: np.ndarray, thresholds: Mapping[float, float],
+           larger_is_closer: bool = True) -> dict[str, dict[str, float]]:
+  out = {}
+  for far, thr in thresholds.items():
+    if larger_is_closer:
+      imp, dod = sim_target > thr, sim_source <= thr
+    else:  # distances
+      imp, dod = sim_target < thr, sim_source >= thr
+    out[str(far)] = {"impersonation_psr": float(np.mean(imp)),
+                     "dodging_psr": float(np.mean(dod)), "threshold": float(thr)}
+  return out
+
+
+def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any] | None
+            ) -> dict[str, Any]:
+  """metrics.json: per FR model (role surrogate/victim) and image kind, PSR at each FAR and
+  mean similarities; the same for dlib (distance threshold) when evaluated."""
+  fars = tuple(float(f) for f in config.evaluate.fars)
+  out: dict[str, Any] = {"n_faces": len(records), "prompt": config.prompt,
+                         "mode": config.protect.mode, "target": config.target.photo,
+                         "target_eval": config.target.eval_photo, "models": {}}
+  if not records:
+    return out
+  for name in (*config.fr.surrogates, *config.fr.victims):
+    spec = registry.get(name)
+    missing = [f for f in fars if f not in spec.thresholds]
+    if missing:
+      raise ValueError(f"{name} has no threshold at FAR {missing} (has {sorted(spec.thresholds)})")
+    entry = {"role": "surrogate" if name in config.fr.surrogates else "victim",
+             "thresholds_from": spec.description, "by_image": {}}
+    for kind in IMAGE_KINDS:
+      tgt = np.array([r["similarity"][name]["target"][kind] for r in records])
+      src = np.array([r["similarity"][name]["source"][kind] for r in records])
+      entry["by_image"][kind] = {
+          "mean_cos_target": float(tgt.mean()), "mean_cos_source": float(src.mean()),
+          "far": _rates(tgt, src, {f: spec.thresholds[f] for f in fars})}
+    out["models"][name] = entry
+  if dlib_eval is not None:
+    entry = {"role": "victim (black box, dlib C++ ResNet descriptor on the pasted-back photo)",
+             "thresholds_from": "dlib's documented distance 0.6", "by_image": {}}
+    faces = dlib_eval["faces"]
+    for kind in IMAGE_KINDS:
+      tgt = np.array([faces[r["id"]]["target_distance"][kind] for r in records])
+      src = np.array([faces[r["id"]]["source_distance"][kind] for r in records])
+      entry["by_image"][kind] = {
+          "mean_distance_target": float(tgt.mean()), "mean_distance_source": float(src.mean()),
+          "distance": _rates(tgt, src, {dlib_eval["threshold"]: dlib_eval["threshold"]},
+                             larger_is_closer=False)}
+    out["models"]["dlib"] = entry
+    out["dlib_faces"] = faces
+  return out

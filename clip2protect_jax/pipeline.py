@@ -1,0 +1,454 @@
+"""Job `protect`: photos -> align -> invert -> tune -> protect -> evaluate -> report.
+
+  python -m clip2protect_jax.main --config=configs/protect.py:demo --workdir=workdir/demo
+
+Stages and what each leaves in the workdir (every file is written atomically; a rerun
+skips finished work):
+1. align + invert (inversion.run): invert/aligned/*.png at generator resolution,
+   invert/latents/*.npz, invert/invert.npz.
+2. per batch of `config.batch_size` faces, in one process (no generator is ever written):
+   tune (tuning.tune: one generator copy per face, or the official cumulative schedule),
+   protect (protect.protect: one vmapped, jitted step for the batch), evaluate (cosine
+   similarities of every FR model, and dlib's descriptor distance, for the original, the
+   reconstruction and the protected face). Writes protect/faces/<id>.png (protected),
+   protect/reconstructions/<id>.png and, last, protect/results/<id>.json (the marker that
+   the face is done). The cumulative schedule also keeps its carried generator in
+   protect/tune_carry so that a resumed run continues the same sequence.
+3. protect/photos/<photo key>.png: every protected face pasted back into its photo.
+4. protect/metrics.json (PSR per victim at each FAR) and protect/report.html.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from clip2protect_jax import align, evaluation, image_io, inversion, protect, report, tuning
+from clip2protect_jax import weights as weights_lib
+from clip2protect_jax.image_io import atomic_write_json
+from clip2protect_jax.losses_clip import compose, load_templates, text_features
+from clip2protect_jax.models import stylegan2
+from clip2protect_jax.models.face import registry
+from clip2protect_jax.models.tokenizer import tokenize
+
+SUBDIR = "protect"
+TEMPLATES = os.path.join(os.path.dirname(__file__), "data", "text_templates.json")
+
+
+# ------------------------------------------------------------------ settings from config
+
+def tuning_settings(config) -> tuning.TuningSettings:
+  t = config.tune
+  return tuning.TuningSettings(
+      steps=t.steps, learning_rate=t.learning_rate, loss_resolution=t.loss_resolution,
+      mse_weight=t.mse_weight, lpips_weight=t.lpips_weight, schedule=t.schedule)
+
+
+def protect_settings(config) -> protect.ProtectSettings:
+  p = config.protect
+  return protect.ProtectSettings(
+      surrogates=tuple(config.fr.surrogates), steps=p.steps, learning_rate=p.learning_rate,
+      latent_weight=p.latent_weight, adversarial_weight=p.adversarial_weight,
+      clip_weight=p.clip_weight, trainable_rows=tuple(int(r) for r in p.trainable_rows),
+      noise_max_resolution=p.noise_max_resolution, mode=p.mode,
+      distortion_scale=p.distortion_scale, num_aug=p.num_aug,
+      official_dodging=p.official_dodging, official_clip_shift=p.official_clip_shift,
+      official_output_step=p.official_output_step)
+
+
+def fr_model_names(config) -> tuple[str, ...]:
+  """Surrogates then victims, each once; checks they are registered and disjoint."""
+  surrogates, victims = tuple(config.fr.surrogates), tuple(config.fr.victims)
+  for name in surrogates + victims:
+    registry.get(name)  # KeyError naming the known models
+  if not surrogates:
+    raise ValueError("config.fr.surrogates is empty: stage 2 needs at least one FR model")
+  both = sorted(set(surrogates) & set(victims))
+  if both:
+    raise ValueError(f"{both} are both surrogate and victim: a victim must be a black box "
+                     "(leave-one-out: remove it from config.fr.surrogates)")
+  return surrogates + victims
+
+
+def check_inputs(config) -> None:
+  """Fails early, before any work, on a config that cannot run."""
+  fr_model_names(config)
+  tuning_settings(config)
+  protect_settings(config)
+  for field in ("photo", "eval_photo"):
+    path = config.target[field]
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"config.target.{field}={path!r}: no such file. The paper's targets are CelebA-HQ "
+          "photos from AMT-GAN's release (see checkpoints/README.md); any photo of the target "
+          "identity works (set crop=() to use its dlib face box). Example photos: "
+          "python tools/fetch_assets.py.")
+  if config.align.enabled and config.align.output_size != config.generator.size:
+    logging.warning("config.align.output_size=%d differs from the generator's %d: aligned "
+                    "faces are resized (PIL bilinear) for tuning", config.align.output_size,
+                    config.generator.size)
+
+
+# ------------------------------------------------------------------ models
+
+@dataclasses.dataclass
+class Loaded:
+  """Every network and constant shared by all batches of a run."""
+  generator: weights_lib.LoadedGenerator
+  lpips_model: Any
+  lpips_vars: Any
+  models: protect.ProtectModels
+  shared: protect.SharedInputs
+  fr_params: dict[str, Any]            # every FR model: surrogates and victims
+  target_crop01: np.ndarray            # [h, w, 3] in [0, 1], optimisation photo
+  target_eval_emb: dict[str, np.ndarray]
+  descriptions: dict[str, str]
+
+
+def read_target_crop(path: str, crop: Sequence[int], upsample: int) -> np.ndarray:
+  """[h, w, 3] float32 in [0, 1]: photo[r0:r1, c0:c1], or its largest dlib face box."""
+  photo = image_io.read_rgb(path)
+  if crop:
+    if len(crop) != 4:
+      raise ValueError(f"target crop for {path} must be (row0, row1, col0, col1), got {crop}")
+    r0, r1, c0, c1 = (int(v) for v in crop)
+  else:
+    dets = align.detect_faces(photo, upsample, source=path)
+    if not dets:
+      raise align.FaceAlignmentError(f"{path}: no face found for the target crop; give "
+                                     "config.target.crop=(row0, row1, col0, col1)")
+    l, t, r, b = max(dets, key=lambda d: d.area).box
+    r0, r1, c0, c1 = max(t, 0), min(b, photo.shape[0]), max(l, 0), min(r, photo.shape[1])
+  out = photo[r0:r1, c0:c1]
+  if out.size == 0:
+    raise ValueError(f"target crop {(r0, r1, c0, c1)} of {path} {photo.shape} is empty")
+  return out.astype(np.float32) / 255.0
+
+
+def load_models(config) -> Loaded:
+  base = jax.random.key(config.seed)
+  lpips_key, clip_key, fr_key = jax.random.split(jax.random.fold_in(base, 1), 3)
+  gen = weights_lib.load_generator(config.generator, inversion.generator_key(config.seed))
+  lpips_model, lpips_vars, lpips_desc = (None, None, "not used (lpips_weight 0)")
+  if config.tune.lpips_weight:
+    lpips_model, lpips_vars, lpips_desc = weights_lib.load_lpips(config.tune.lpips_weights,
+                                                                 lpips_key)
+  clip_model, clip_vars, clip_desc = weights_lib.load_clip(
+      config.clip.preset, config.clip.weights, clip_key, jnp.dtype(config.clip.dtype))
+  fr_params, fr_desc = {}, {}
+  for i, name in enumerate(fr_model_names(config)):
+    folder = "random" if config.fr.weights_dir == "random" else os.path.join(
+        config.fr.weights_dir, name)
+    fr_params[name], fr_desc[name] = weights_lib.load_face_model(
+        name, folder, jax.random.fold_in(fr_key, i))
+  templates = load_templates(TEMPLATES)
+  text = {t: text_features(clip_model, clip_vars, tokenize(compose(templates, t)))
+          for t in (config.source_text, config.prompt)}
+  shared = protect.SharedInputs(clip_vars, {m: fr_params[m] for m in config.fr.surrogates},
+                                text[config.source_text], text[config.prompt])
+  upsample = config.align.upsample
+  target = read_target_crop(config.target.photo, config.target.crop, upsample)
+  target_eval = read_target_crop(config.target.eval_photo, config.target.eval_crop, upsample)
+  eval_emb = protect.target_embeddings(tuple(fr_params), fr_params, jnp.asarray(target_eval))
+  descriptions = {"generator": gen.description, "lpips": lpips_desc, "clip": clip_desc,
+                  **{f"fr/{k}": v for k, v in fr_desc.items()}}
+  for what, text_ in descriptions.items():
+    if "RANDOM" in text_:
+      logging.warning("%s: %s", what, text_)
+  return Loaded(gen, lpips_model, lpips_vars, protect.ProtectModels(gen.model, clip_model),
+                shared, fr_params, target, {k: np.asarray(v) for k, v in eval_emb.items()},
+                descriptions)
+
+
+# ------------------------------------------------------------------ per-face inputs
+
+def face_boxes(config, arrays: dict[str, np.ndarray], index: Sequence[int],
+               aligned_u8: np.ndarray) -> np.ndarray:
+  """[n, 4] FR crop boxes (x1, y1, x2, y2) in generator pixels.
+
+  The photo's dlib face box mapped into the aligned image (the official code detects once
+  on its input with MTCNN and reuses the box on generated images; see README). Photos taken
+  as already aligned get a dlib detection on the aligned face, else the whole image.
+  """
+  size = config.generator.size
+  out = []
+  for j, i in enumerate(index):
+    if config.align.enabled:
+      out.append(align.box_to_aligned(arrays["boxes"][i], arrays["corners"][i], size))
+      continue
+    dets = align.detect_faces(aligned_u8[j], config.align.upsample)
+    if dets:
+      l, t, r, b = max(dets, key=lambda d: d.area).box
+      out.append(np.clip([l, t, r, b], 0, size).astype(np.float64))
+    else:
+      logging.warning("%s: no face found in the pre-aligned image; FR crop = whole image",
+                      arrays["ids"][i])
+      out.append(np.array([0.0, 0.0, size, size]))
+  return np.stack(out).astype(np.float32)
+
+
+def face_noise(config, fid: str, latents_npz: str) -> list[np.ndarray]:
+  """The face's noise maps [r, r, 1]: the projection's fitted maps, else N(0, 1) drawn once
+  from the face id (frozen in tuning, the initial values in the search)."""
+  shapes = stylegan2.noise_shapes(config.generator.size)
+  with np.load(latents_npz) as d:
+    if all(f"noise_{k}" in d.files for k in range(len(shapes))):
+      return [d[f"noise_{k}"].astype(np.float32) for k in range(len(shapes))]
+  key = inversion.image_key(jax.random.fold_in(jax.random.key(config.seed), 2), fid)
+  return [np.asarray(m[0]) for m in stylegan2.make_noise(key, config.generator.size)]
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  return inversion._pad_batch(x, size)  # noqa: SLF001 (same padding rule as inversion)
+
+
+# ------------------------------------------------------------------ one batch
+
+@functools.lru_cache(maxsize=4)
+def _draw_fn(generator: stylegan2.Generator):
+  return jax.jit(jax.vmap(lambda p, w, nz: protect.render(generator, p, w, nz)))
+
+
+def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str,
+              carry: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], Any,
+                                   dict[str, float]]:
+  """Tunes, protects and evaluates faces `index`; returns (records, images, carry, seconds)."""
+  size, bs, n = config.generator.size, config.batch_size, len(index)
+  ids = [str(arrays["ids"][i]) for i in index]
+  faces = [{"aligned_png": os.path.join("aligned", f + ".png")} for f in ids]
+  aligned = np.stack([inversion.load_aligned(inv_dir, f, size) for f in faces])
+  noise_each = [face_noise(config, f, inversion.latent_path(inv_dir, f)) for f in ids]
+  noise = [jnp.asarray(_pad(np.stack([nz[k] for nz in noise_each]), bs))
+           for k in range(len(noise_each[0]))]
+  wplus0 = jnp.asarray(_pad(arrays["wplus"][list(index)], bs))
+  sources01 = jnp.asarray(_pad(aligned, bs).astype(np.float32) / 255.0)
+  boxes = jnp.asarray(_pad(face_boxes(config, arrays, index, aligned), bs))
+  keys = jnp.stack([inversion.image_key(jax.random.fold_in(jax.random.key(config.seed), 3), f)
+                    for f in ids + [ids[-1]] * (bs - n)])
+  gen = loaded.generator
+
+  t0 = time.perf_counter()
+  ts = tuning_settings(config)
+  if ts.schedule == "cumulative":  # padding copies would advance the carried generator
+    tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
+                        wplus0[:n], [m[:n] for m in noise], sources01[:n] * 2 - 1, carry)
+    params = jax.tree_util.tree_map(lambda x: _pad(np.asarray(x), bs), tuned.params)
+  else:
+    tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
+                        wplus0, noise, sources01 * 2 - 1)
+    params = tuned.params
+  recon = _draw_fn(gen.model)(params, wplus0, noise)
+  jax.block_until_ready(recon)
+  t1 = time.perf_counter()
+
+  settings = protect_settings(config)
+  consts = protect.prepare_constants(
+      loaded.models, settings, params, True, wplus0, noise, boxes, sources01,
+      jnp.asarray(loaded.target_crop01), loaded.shared, keys)
+  protected, state, history = protect.protect(loaded.models, settings, params, consts,
+                                              loaded.shared, per_image_generator=True)
+  jax.block_until_ready(protected)
+  t2 = time.perf_counter()
+
+  images = {"original": np.asarray(sources01[:n]), "reconstruction": np.asarray(recon[:n]),
+            "protected": np.asarray(protected[:n])}
+  sims = evaluation.fr_similarities(loaded.fr_params, images, np.asarray(boxes[:n]),
+                                    loaded.target_eval_emb)
+  t3 = time.perf_counter()
+  records = []
+  for j, fid in enumerate(ids):
+    i = index[j]
+    records.append({
+        "id": fid, "source": str(arrays["sources"][i]),
+        "box": [float(v) for v in np.asarray(boxes[j])],
+        "photo_box": [float(v) for v in arrays["boxes"][i]],
+        "corners": np.asarray(arrays["corners"][i]).tolist(),
+        "valid": np.asarray(arrays["valid"][i]).tolist(),
+        "tune": {"steps": ts.steps, "first_loss": float(tuned.losses[0, j]),
+                 "final_loss": float(tuned.losses[-1, j])},
+        "protect": {k: float(v[-1, j]) for k, v in history.items()} if history else {},
+        "psnr": {"reconstruction_vs_original": evaluation.psnr(images["reconstruction"][j],
+                                                               images["original"][j]),
+                 "protected_vs_original": evaluation.psnr(images["protected"][j],
+                                                          images["original"][j]),
+                 "protected_vs_reconstruction": evaluation.psnr(
+                     images["protected"][j], images["reconstruction"][j])},
+        "similarity": {m: {ref: {k: float(v[j]) for k, v in by_img.items()}
+                           for ref, by_img in per_model.items()}
+                       for m, per_model in sims.items()},
+    })
+  return records, images, tuned.carry, {"tune": t1 - t0, "protect": t2 - t1,
+                                        "evaluate": t3 - t2}
+
+
+# ------------------------------------------------------------------ cumulative carry
+
+def _carry_path(out_dir: str) -> str:
+  return os.path.join(out_dir, "tune_carry")
+
+
+def save_carry(out_dir: str, carry: Any, last_id: str) -> None:
+  """The cumulative schedule's generator + Adam state after face `last_id` (one copy)."""
+  import shutil
+
+  from clip2protect_jax import checkpoints
+  path, tmp = _carry_path(out_dir), _carry_path(out_dir) + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  checkpoints.save(tmp, {"params": carry[0], "opt_state": carry[1]}, {"last_id": last_id})
+  shutil.rmtree(path, ignore_errors=True)
+  os.replace(tmp, path)
+
+
+def load_carry(out_dir: str, config, loaded: Loaded, done_ids: Sequence[str]) -> Any:
+  """The saved carry if the finished faces are exactly those before it, else an error."""
+  from clip2protect_jax import checkpoints
+  path = _carry_path(out_dir)
+  if not done_ids:
+    return None
+  if not os.path.isdir(path):
+    raise RuntimeError(f"cumulative tuning: {len(done_ids)} faces are done but {path} is "
+                       "missing, so the carried generator cannot be restored. Use a new "
+                       "--workdir (or delete protect/results) to rerun the sequence.")
+  meta = checkpoints.load_metadata(path)
+  if meta.get("last_id") != max(done_ids):
+    raise RuntimeError(f"cumulative tuning: {path} was saved after face {meta.get('last_id')}"
+                       f" but the last finished face is {max(done_ids)}; the sequence "
+                       "changed (new photos?). Use a new --workdir.")
+  params = loaded.generator.params
+  abstract = {"params": params,
+              "opt_state": jax.eval_shape(tuning.make_optimizer(tuning_settings(config)).init,
+                                          params)}
+  tree = checkpoints.restore(path, jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract))
+  return tree["params"], tree["opt_state"]
+
+
+# ------------------------------------------------------------------ the job
+
+class Progress:
+  """Log lines with done/total, images/s and ETA (absl logging; one line per update)."""
+
+  def __init__(self, name: str, total: int):
+    self.name, self.total, self.done, self.t0 = name, total, 0, time.perf_counter()
+
+  def update(self, n: int) -> None:
+    self.done += n
+    dt = time.perf_counter() - self.t0
+    rate = self.done / max(dt, 1e-9)
+    eta = (self.total - self.done) / max(rate, 1e-9)
+    bar = "#" * int(20 * self.done / max(self.total, 1))
+    msg = (f"{self.name} [{bar:<20}] {self.done}/{self.total} faces, {rate:.3f} img/s, "
+           f"elapsed {dt:.0f}s, ETA {eta:.0f}s")
+    logging.info(msg)
+    print(msg, flush=True)
+
+
+def result_path(out_dir: str, fid: str) -> str:
+  return os.path.join(out_dir, "results", fid + ".json")
+
+
+def write_face(out_dir: str, record: dict[str, Any], images: dict[str, np.ndarray], j: int
+               ) -> None:
+  fid = record["id"]
+  image_io.write_png(os.path.join(out_dir, "faces", fid + ".png"),
+                     image_io.to_uint8(images["protected"][j] * 2 - 1))
+  image_io.write_png(os.path.join(out_dir, "reconstructions", fid + ".png"),
+                     image_io.to_uint8(images["reconstruction"][j] * 2 - 1))
+  atomic_write_json(result_path(out_dir, fid), record)  # last: marks the face as done
+
+
+def paste_back_photos(out_dir: str, arrays: dict[str, np.ndarray], workdir: str
+                      ) -> dict[str, str]:
+  """protect/photos/<key>.png per source photo with all its protected faces pasted back."""
+  by_source: dict[str, list[int]] = {}
+  for i, src in enumerate(arrays["sources"]):
+    by_source.setdefault(str(src), []).append(i)
+  written = {}
+  for src, idx in by_source.items():
+    key = str(arrays["ids"][idx[0]]).rsplit("_f", 1)[0]
+    path = os.path.join(out_dir, "photos", key + ".png")
+    if not os.path.exists(path):
+      photo = image_io.read_rgb(src)
+      for i in idx:
+        face = image_io.read_rgb(os.path.join(out_dir, "faces", str(arrays["ids"][i]) + ".png"))
+        photo = align.paste_back(photo, face, arrays["corners"][i], arrays["valid"][i])
+      image_io.write_png(path, photo)
+    written[src] = os.path.relpath(path, workdir)
+  return written
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) every stage for the photos in config.photos."""
+  check_inputs(config)
+  t_start = time.perf_counter()
+  inv = inversion.run(config, workdir)
+  arrays = inv["arrays"]
+  inv_dir = os.path.join(workdir, inversion.SUBDIR)
+  out_dir = os.path.join(workdir, SUBDIR)
+  os.makedirs(out_dir, exist_ok=True)
+  ids = [str(i) for i in arrays["ids"]]
+  done = [f for f in ids if os.path.exists(result_path(out_dir, f))]
+  todo = [i for i, f in enumerate(ids) if f not in set(done)]
+  logging.info("protect: %d faces, %d done earlier, %d to do", len(ids), len(done), len(todo))
+  seconds = {"align_invert": time.perf_counter() - t_start, "load": 0.0, "tune": 0.0,
+             "protect": 0.0, "evaluate": 0.0}
+  descriptions = {}
+  if todo:
+    t0 = time.perf_counter()
+    loaded = load_models(config)
+    descriptions = loaded.descriptions
+    seconds["load"] = time.perf_counter() - t0
+    carry = (load_carry(out_dir, config, loaded, done)
+             if config.tune.schedule == "cumulative" else None)
+    progress = Progress("tune+protect+evaluate", len(todo))
+    for start in range(0, len(todo), config.batch_size):
+      index = todo[start:start + config.batch_size]
+      records, images, carry, sec = run_batch(config, loaded, arrays, index, inv_dir, carry)
+      if config.tune.schedule == "cumulative":
+        save_carry(out_dir, carry, records[-1]["id"])
+      for j, record in enumerate(records):
+        write_face(out_dir, record, images, j)
+      for k, v in sec.items():
+        seconds[k] += v
+      progress.update(len(index))
+    n = len(todo)
+    for stage in ("tune", "protect", "evaluate"):
+      logging.info("stage %s: %.1fs, %.3f img/s", stage, seconds[stage],
+                   n / max(seconds[stage], 1e-9))
+    atomic_write_json(os.path.join(out_dir, "descriptions.json"), descriptions)
+  elif os.path.exists(os.path.join(out_dir, "descriptions.json")):
+    with open(os.path.join(out_dir, "descriptions.json")) as f:
+      descriptions = json.load(f)
+  photos = paste_back_photos(out_dir, arrays, workdir)
+  records = []
+  for f in ids:
+    with open(result_path(out_dir, f)) as fh:
+      records.append(json.load(fh))
+  dlib_eval = None
+  if config.evaluate.dlib_victim:
+    t0 = time.perf_counter()
+    dlib_eval = evaluation.dlib_victim(workdir, records, photos, config)
+    seconds["evaluate"] += time.perf_counter() - t0
+  metrics = evaluation.metrics(config, records, dlib_eval)
+  metrics["seconds"] = seconds
+  metrics["faces_protected_now"] = len(todo)
+  metrics["weights"] = descriptions
+  atomic_write_json(os.path.join(out_dir, "metrics.json"), metrics)
+  if config.report.enabled:
+    html = report.build(config, workdir, records, photos, metrics, inv["errors"])
+    image_io.atomic_write_bytes(os.path.join(out_dir, "report.html"), html.encode())
+  total = time.perf_counter() - t_start
+  print(f"protect: {len(ids)} faces ({len(todo)} new) in {total:.0f}s -> "
+        f"{out_dir}/report.html, metrics.json")
+  for what, text_ in descriptions.items():
+    if "RANDOM" in text_:
+      print(f"  NOTE {what}: {text_}")
+  return metrics

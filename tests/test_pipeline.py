@@ -1,0 +1,196 @@
+"""The `protect` job end to end on tiny random networks and the example photos."""
+import importlib.util
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from clip2protect_jax import align, image_io, pipeline, presets, tuning
+from clip2protect_jax.models import stylegan2
+from clip2protect_jax.models.lpips import LPIPS
+
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHOTOS = os.path.join(ROOT, presets.EXAMPLE_PHOTOS)
+
+
+def load_config(name: str, arg: str = ""):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs",
+                                                                   name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def flat(config) -> dict:
+  return {f"{k}.{k2}" if isinstance(v, dict) else k: v2
+          for k, v in config.to_dict().items()
+          for k2, v2 in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+
+@pytest.mark.parametrize("arg", ["", "demo", "tiny"])
+def test_official_preset_is_the_default_plus_exactly_the_quirks(arg):
+  corrected, official = flat(load_config("protect", arg)), flat(load_config("official", arg))
+  differ = {k for k in corrected if corrected[k] != official[k]}
+  assert differ == set(presets.OFFICIAL_QUIRKS)
+  for field, value in presets.OFFICIAL_QUIRKS.items():
+    assert official[field] == value and corrected[field] != value
+  ts = pipeline.tuning_settings(load_config("official", arg))
+  ps = pipeline.protect_settings(load_config("official", arg))
+  assert ts.schedule == "cumulative"
+  assert ps.official_clip_shift and ps.official_output_step and ps.official_dodging
+  ps = pipeline.protect_settings(load_config("protect", arg))
+  assert not (ps.official_clip_shift or ps.official_output_step or ps.official_dodging)
+
+
+def test_paper_settings_in_the_default_preset():
+  c = load_config("protect")
+  ts, ps = pipeline.tuning_settings(c), pipeline.protect_settings(c)
+  assert (ts.steps, ts.learning_rate, ts.loss_resolution, ts.mse_weight) == (150, 5e-4, 256,
+                                                                              0.1)
+  assert (ps.steps, ps.learning_rate, ps.latent_weight, ps.adversarial_weight,
+          ps.clip_weight) == (50, 0.01, 0.01, 0.7, 0.3)
+  assert ps.trainable_rows == tuple(range(8, 18)) and ps.noise_max_resolution == 256
+  assert c.generator.size == 1024 and c.clip.preset == "ViT-B/32"
+  assert set(c.fr.surrogates) | set(c.fr.victims) == {"ir152", "irse50", "facenet",
+                                                      "mobile_face"}
+
+
+def test_config_errors_are_specific(tmp_path):
+  c = load_config("protect", "tiny")
+  c.fr.victims = ("mobile_face",)
+  with pytest.raises(ValueError, match="both surrogate and victim"):
+    pipeline.check_inputs(c)
+  c = load_config("protect", "tiny")
+  c.fr.surrogates = ("no_such_model",)
+  with pytest.raises(KeyError, match="unknown FR model"):
+    pipeline.check_inputs(c)
+  c = load_config("protect", "tiny")
+  c.target.photo = str(tmp_path / "missing.jpg")
+  with pytest.raises(FileNotFoundError, match="config.target.photo"):
+    pipeline.check_inputs(c)
+
+
+def test_box_to_aligned_inverts_the_corner_map():
+  # A rotated, scaled square in the photo: aligned (a, b) -> nw + a (ne - nw) + b (sw - nw).
+  nw, ne, sw = np.array([100.0, 50.0]), np.array([180.0, 110.0]), np.array([40.0, 130.0])
+  corners = np.stack([nw, sw, sw + ne - nw, ne])
+  pts_ab = np.array([[0.25, 0.3], [0.7, 0.3], [0.7, 0.8], [0.25, 0.8]])
+  photo_pts = nw + pts_ab[:, :1] * (ne - nw) + pts_ab[:, 1:] * (sw - nw)
+  box = (*photo_pts.min(0), *photo_pts.max(0))
+  out = align.box_to_aligned(box, corners, 64)
+  # The photo box contains the rotated quad, so its aligned box contains the original one.
+  assert out[0] <= 0.25 * 64 + 1e-9 and out[1] <= 0.3 * 64 + 1e-9
+  assert out[2] >= 0.7 * 64 - 1e-9 and out[3] >= 0.8 * 64 - 1e-9
+  # An axis-aligned square maps boxes exactly.
+  square = np.array([[10.0, 20.0], [10.0, 120.0], [110.0, 120.0], [110.0, 20.0]])
+  np.testing.assert_allclose(align.box_to_aligned((35, 45, 85, 95), square, 200),
+                             [50, 50, 150, 150])
+  np.testing.assert_allclose(align.box_to_aligned((0, 0, 500, 500), square, 200),
+                             [0, 0, 200, 200])
+
+
+def test_cumulative_tuning_split_into_batches_equals_one_sequence():
+  gen = stylegan2.Generator(16, style_dim=32, n_mlp=2, channel_max=16)
+  params = stylegan2.init_params(gen, jax.random.key(0))
+  w = jax.random.normal(jax.random.key(1), (3, gen.n_latent, 32)) * 0.3
+  noise = stylegan2.make_noise(jax.random.key(2), 16, batch=3)
+  targets = jax.random.uniform(jax.random.key(3), (3, 16, 16, 3), minval=-1, maxval=1)
+  ts = tuning.TuningSettings(steps=2, learning_rate=1e-2, loss_resolution=16, mse_weight=1.0,
+                             lpips_weight=0.0, schedule="cumulative")
+  lp = LPIPS()
+  whole = tuning.tune(gen, lp, ts, params, None, w, noise, targets)
+  first = tuning.tune(gen, lp, ts, params, None, w[:2], [m[:2] for m in noise], targets[:2])
+  second = tuning.tune(gen, lp, ts, params, None, w[2:], [m[2:] for m in noise], targets[2:],
+                       carry=first.carry)
+  np.testing.assert_allclose(second.losses[:, 0], whole.losses[:, 2], rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[0], b[2], rtol=1e-5,
+                                                                 atol=1e-6),
+                         second.params, whole.params)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  if not os.path.isdir(os.path.join(PHOTOS, "sources")):
+    pytest.skip(f"example photos missing: run python tools/fetch_assets.py ({PHOTOS})")
+  cwd = os.getcwd()
+  os.chdir(ROOT)  # the preset's paths are relative to the repository
+  try:
+    workdir = str(tmp_path_factory.mktemp("protect"))
+    config = load_config("protect", "tiny")
+    metrics = pipeline.run(config, workdir)
+    yield config, workdir, metrics
+  finally:
+    os.chdir(cwd)
+
+
+def read_result(workdir, fid):
+  with open(os.path.join(workdir, "protect", "results", fid + ".json")) as f:
+    return json.load(f)
+
+
+def test_tiny_run_writes_every_output(tiny_run):
+  config, workdir, metrics = tiny_run
+  ids = ["astronaut.png_f0", "biden.jpg_f0"]
+  out = os.path.join(workdir, "protect")
+  for fid in ids:
+    face = image_io.read_rgb(os.path.join(out, "faces", fid + ".png"))
+    assert face.shape == (32, 32, 3)
+    r = read_result(workdir, fid)
+    assert set(r["similarity"]) == {"mobile_face", "irse50"}
+    for sims in r["similarity"].values():
+      assert sims["source"]["original"] == pytest.approx(1.0, abs=1e-5)
+      assert set(sims["target"]) == {"original", "reconstruction", "protected"}
+    assert r["tune"]["final_loss"] < r["tune"]["first_loss"]
+  photo = image_io.read_rgb(os.path.join(out, "photos", "biden.jpg.png"))
+  original = image_io.read_rgb(os.path.join(PHOTOS, "sources", "biden.jpg"))
+  assert photo.shape == original.shape
+  changed = np.any(photo != original, axis=-1)
+  assert 0 < changed.mean() < 0.5   # the face region only
+  assert metrics["n_faces"] == 2 and metrics["faces_protected_now"] == 2
+  assert set(metrics["models"]) == {"mobile_face", "irse50", "dlib"}
+  rates = metrics["models"]["irse50"]["by_image"]["protected"]["far"]
+  assert set(rates) == {"0.1", "0.01", "0.001"}
+  dlib_face = metrics["dlib_faces"]["biden.jpg_f0"]
+  assert 0.0 < dlib_face["target_distance"]["original"] < 2.0
+  with open(os.path.join(out, "report.html")) as f:
+    html = f.read()
+  assert "biden.jpg_f0" in html and "red lipstick" in html and "RANDOM" in html
+  assert html.count("data:image/png;base64,") == 8
+
+
+def test_rerun_skips_and_one_face_alone_equals_the_batch(tiny_run):
+  config, workdir, _ = tiny_run
+  before = read_result(workdir, "biden.jpg_f0")
+  face_before = image_io.read_rgb(os.path.join(workdir, "protect", "faces", "biden.jpg_f0.png"))
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    assert pipeline.run(config, workdir)["faces_protected_now"] == 0
+    os.remove(os.path.join(workdir, "protect", "results", "biden.jpg_f0.json"))
+    shutil.rmtree(os.path.join(workdir, "protect", "photos"))
+    metrics = pipeline.run(config, workdir)
+  finally:
+    os.chdir(cwd)
+  assert metrics["faces_protected_now"] == 1
+  after = read_result(workdir, "biden.jpg_f0")
+  face_after = image_io.read_rgb(os.path.join(workdir, "protect", "faces", "biden.jpg_f0.png"))
+  # Alone (padded batch) == in a batch with the astronaut: same keys, same noise, same steps.
+  assert np.abs(face_after.astype(int) - face_before.astype(int)).max() <= 1
+  for m, sims in before["similarity"].items():
+    np.testing.assert_allclose(after["similarity"][m]["target"]["protected"],
+                               sims["target"]["protected"], atol=1e-4)
+
+
+def test_protect_settings_reject_bad_values():
+  c = load_config("protect", "tiny")
+  c.protect.mode = "hide"
+  with pytest.raises(ValueError, match="impersonation"):
+    pipeline.protect_settings(c)
+  c = load_config("protect", "tiny")
+  c.tune.schedule = "sometimes"
+  with pytest.raises(ValueError, match="schedule"):
+    pipeline.tuning_settings(c)
