@@ -158,7 +158,7 @@ def _batches(items: list, size: int):
     yield items[i:i + size]
 
 
-def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
   """Pads the leading axis to `size` by repeating the last item (one compiled shape)."""
   if x.shape[0] == size:
     return x
@@ -182,7 +182,7 @@ def encode_e4e(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   for batch in _batches(todo, bs):
     x = images_to_input(np.stack([load_aligned(out_dir, f, 256) for f in batch]))
     with jax.default_matmul_precision(config.e4e.matmul_precision):
-      wplus = np.asarray(encode(params, jnp.asarray(_pad_batch(x, bs))))
+      wplus = np.asarray(encode(params, jnp.asarray(pad_batch(x, bs))))
     for j, face in enumerate(batch):
       atomic_savez(latent_path(out_dir, face["id"]), wplus=wplus[j].astype(np.float32))
   return f"e4e {path}"
@@ -215,7 +215,7 @@ def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   bs = p.batch_size
   for batch in _batches(todo, bs):
     u8 = np.stack([load_aligned(out_dir, f, size) for f in batch])
-    targets = jnp.asarray(_pad_batch(u8, bs).astype(np.float32) / 127.5 - 1.0)
+    targets = jnp.asarray(pad_batch(u8, bs).astype(np.float32) / 127.5 - 1.0)
     keys = [image_key(face_base, f["id"]) for f in batch]
     keys = jnp.stack(keys + [keys[-1]] * (bs - len(batch)))
     wplus, noises, losses = projection.project(

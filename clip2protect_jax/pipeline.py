@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import time
 from typing import Any, Sequence
 
@@ -31,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from clip2protect_jax import align, evaluation, image_io, inversion, protect, report, tuning
+from clip2protect_jax import (align, checkpoints, evaluation, image_io, inversion, protect,
+                              report, tuning)
 from clip2protect_jax import weights as weights_lib
 from clip2protect_jax.image_io import atomic_write_json
 from clip2protect_jax.losses_clip import compose, load_templates, text_features
@@ -206,10 +208,6 @@ def face_noise(config, fid: str, latents_npz: str) -> list[np.ndarray]:
   return [np.asarray(m[0]) for m in stylegan2.make_noise(key, config.generator.size)]
 
 
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
-  return inversion._pad_batch(x, size)  # noqa: SLF001 (same padding rule as inversion)
-
-
 # ------------------------------------------------------------------ one batch
 
 @functools.lru_cache(maxsize=4)
@@ -226,11 +224,12 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
   faces = [{"aligned_png": os.path.join("aligned", f + ".png")} for f in ids]
   aligned = np.stack([inversion.load_aligned(inv_dir, f, size) for f in faces])
   noise_each = [face_noise(config, f, inversion.latent_path(inv_dir, f)) for f in ids]
-  noise = [jnp.asarray(_pad(np.stack([nz[k] for nz in noise_each]), bs))
+  pad = functools.partial(inversion.pad_batch, size=bs)  # one compiled shape per job
+  noise = [jnp.asarray(pad(np.stack([nz[k] for nz in noise_each])))
            for k in range(len(noise_each[0]))]
-  wplus0 = jnp.asarray(_pad(arrays["wplus"][list(index)], bs))
-  sources01 = jnp.asarray(_pad(aligned, bs).astype(np.float32) / 255.0)
-  boxes = jnp.asarray(_pad(face_boxes(config, arrays, index, aligned), bs))
+  wplus0 = jnp.asarray(pad(arrays["wplus"][list(index)]))
+  sources01 = jnp.asarray(pad(aligned).astype(np.float32) / 255.0)
+  boxes = jnp.asarray(pad(face_boxes(config, arrays, index, aligned)))
   keys = jnp.stack([inversion.image_key(jax.random.fold_in(jax.random.key(config.seed), 3), f)
                     for f in ids + [ids[-1]] * (bs - n)])
   gen = loaded.generator
@@ -240,7 +239,7 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
   if ts.schedule == "cumulative":  # padding copies would advance the carried generator
     tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
                         wplus0[:n], [m[:n] for m in noise], sources01[:n] * 2 - 1, carry)
-    params = jax.tree_util.tree_map(lambda x: _pad(np.asarray(x), bs), tuned.params)
+    params = jax.tree_util.tree_map(lambda x: pad(np.asarray(x)), tuned.params)
   else:
     tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
                         wplus0, noise, sources01 * 2 - 1)
@@ -297,9 +296,6 @@ def _carry_path(out_dir: str) -> str:
 
 def save_carry(out_dir: str, carry: Any, last_id: str) -> None:
   """The cumulative schedule's generator + Adam state after face `last_id` (one copy)."""
-  import shutil
-
-  from clip2protect_jax import checkpoints
   path, tmp = _carry_path(out_dir), _carry_path(out_dir) + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   checkpoints.save(tmp, {"params": carry[0], "opt_state": carry[1]}, {"last_id": last_id})
@@ -309,7 +305,6 @@ def save_carry(out_dir: str, carry: Any, last_id: str) -> None:
 
 def load_carry(out_dir: str, config, loaded: Loaded, done_ids: Sequence[str]) -> Any:
   """The saved carry if the finished faces are exactly those before it, else an error."""
-  from clip2protect_jax import checkpoints
   path = _carry_path(out_dir)
   if not done_ids:
     return None
@@ -345,10 +340,8 @@ class Progress:
     rate = self.done / max(dt, 1e-9)
     eta = (self.total - self.done) / max(rate, 1e-9)
     bar = "#" * int(20 * self.done / max(self.total, 1))
-    msg = (f"{self.name} [{bar:<20}] {self.done}/{self.total} faces, {rate:.3f} img/s, "
-           f"elapsed {dt:.0f}s, ETA {eta:.0f}s")
-    logging.info(msg)
-    print(msg, flush=True)
+    logging.info("%s [%-20s] %d/%d faces, %.3f img/s, elapsed %.0fs, ETA %.0fs", self.name,
+                 bar, self.done, self.total, rate, dt, eta)
 
 
 def result_path(out_dir: str, fid: str) -> str:

@@ -42,6 +42,7 @@ def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
       blur_kernel=(1, 3, 3, 1),
       dtype="float32",          # convolution compute dtype: float32 | bfloat16
       precision="default",      # lax precision: default | high | highest
+      upsample_impl="dilated",  # dilated (as torch) | subpixel (same function, one conv)
       # Converted checkpoint folder, or "random" for the constructor's init (seeded).
       weights=STYLEGAN2_FFHQ,
   ))

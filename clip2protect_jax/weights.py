@@ -31,7 +31,8 @@ def generator_from_config(cfg) -> stylegan2.Generator:
       size=cfg.size, style_dim=cfg.style_dim, n_mlp=cfg.n_mlp,
       channel_multiplier=cfg.channel_multiplier, channel_max=cfg.channel_max,
       blur_kernel=tuple(cfg.blur_kernel), lr_mlp=cfg.lr_mlp, dtype=jnp.dtype(cfg.dtype),
-      precision=_precision(cfg.precision))
+      precision=_precision(cfg.precision),
+      upsample_impl=cfg.get("upsample_impl", "dilated"))
 
 
 def stylegan2_arch(model: stylegan2.Generator) -> dict[str, Any]:

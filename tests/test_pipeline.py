@@ -194,3 +194,44 @@ def test_protect_settings_reject_bad_values():
   c.tune.schedule = "sometimes"
   with pytest.raises(ValueError, match="schedule"):
     pipeline.tuning_settings(c)
+
+
+def test_official_cumulative_run_resumes_with_its_carried_generator(tmp_path):
+  """Official preset (cumulative tuning), one face per batch. A run stopped after the first
+  face and resumed with both gives the second face exactly what an uninterrupted run gives:
+  the carried generator comes back from protect/tune_carry. A stale carry fails loudly."""
+  if not os.path.isdir(os.path.join(PHOTOS, "sources")):
+    pytest.skip(f"example photos missing: run python tools/fetch_assets.py ({PHOTOS})")
+  first_only, both = tmp_path / "first", tmp_path / "both"
+  first_only.mkdir()
+  both.mkdir()
+  for name in ("astronaut.png", "biden.jpg"):
+    shutil.copy(os.path.join(PHOTOS, "sources", name), both / name)
+  shutil.copy(os.path.join(PHOTOS, "sources", "astronaut.png"), first_only / "astronaut.png")
+
+  def run(photos, workdir):
+    config = load_config("official", "tiny")
+    config.update(photos=str(photos), batch_size=1)
+    config.evaluate.dlib_victim = False
+    config.report.enabled = False
+    return pipeline.run(config, str(workdir))
+
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    run(both, tmp_path / "uninterrupted")
+    run(first_only, tmp_path / "resumed")
+    assert run(both, tmp_path / "resumed")["faces_protected_now"] == 1
+    results = {w: read_result(str(tmp_path / w), "biden.jpg_f0")
+               for w in ("uninterrupted", "resumed")}
+    faces = {w: image_io.read_rgb(str(tmp_path / w / "protect" / "faces" / "biden.jpg_f0.png"))
+             for w in ("uninterrupted", "resumed")}
+    os.remove(tmp_path / "resumed" / "protect" / "results" / "biden.jpg_f0.json")
+    with pytest.raises(RuntimeError, match="sequence changed"):
+      run(both, tmp_path / "resumed")   # the carry is the one saved after biden
+  finally:
+    os.chdir(cwd)
+  np.testing.assert_allclose(results["resumed"]["tune"]["first_loss"],
+                             results["uninterrupted"]["tune"]["first_loss"], rtol=1e-5)
+  diff = faces["resumed"].astype(int) - faces["uninterrupted"].astype(int)
+  assert np.abs(diff).max() <= 1

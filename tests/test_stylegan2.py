@@ -206,3 +206,30 @@ def test_truncation_and_mean_latent():
                              jnp.broadcast_to(w_avg, w.shape), rtol=1e-6, atol=1e-6)
   half = stylegan2.truncate(w, w_avg, 0.5)
   np.testing.assert_allclose(half - w_avg, 0.5 * (w - w_avg), rtol=1e-5, atol=1e-6)
+
+
+def test_subpixel_upsampling_is_the_same_function():
+  """upsample_impl='subpixel' (one 3x3 conv over 4 phases, blur folded in) == the
+  torch-shaped path (lhs-dilated transposed conv, then the FIR blur), values and grads."""
+  kw = dict(style_dim=32, n_mlp=2, channel_max=16)
+  dilated = stylegan2.Generator(32, **kw)
+  subpixel = stylegan2.Generator(32, upsample_impl="subpixel", **kw)
+  params = stylegan2.init_params(dilated, jax.random.key(0))
+  params = jax.tree_util.tree_map_with_path(  # non-zero noise weights and biases
+      lambda p, x: x + 0.3 if "bias" in jax.tree_util.keystr(p) or "noise_weight" in
+      jax.tree_util.keystr(p) else x, params)
+  w = jax.random.normal(jax.random.key(1), (2, dilated.n_latent, 32))
+  noise = stylegan2.make_noise(jax.random.key(2), 32, 2)
+
+  def loss(model, p):
+    return jnp.sum(jnp.square(model.apply({"params": p}, w, noise)))
+
+  a = dilated.apply({"params": params}, w, noise)
+  b = subpixel.apply({"params": params}, w, noise)
+  np.testing.assert_allclose(b, a, atol=1e-5 * float(jnp.abs(a).max()))
+  ga = jax.grad(lambda p: loss(dilated, p))(params)
+  gb = jax.grad(lambda p: loss(subpixel, p))(params)
+  for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+    np.testing.assert_allclose(y, x, atol=1e-4 * float(jnp.abs(x).max()) + 1e-7)
+  with pytest.raises(ValueError, match="upsample_impl"):
+    stylegan2.Generator(32, upsample_impl="nearest", **kw).apply({"params": params}, w, noise)

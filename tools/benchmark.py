@@ -41,6 +41,7 @@ flags.DEFINE_list("modes", ["synth", "grad_wplus", "grad_params"],
 flags.DEFINE_integer("iters", 5, "Timed calls after warm-up.")
 flags.DEFINE_string("precision", "default", "lax precision: default | high | highest.")
 flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture).")
+flags.DEFINE_string("upsample_impl", "dilated", "Generator upsampling: dilated | subpixel.")
 flags.DEFINE_string("clip_preset", "ViT-B/32", "CLIP architecture for protect_step.")
 flags.DEFINE_list("surrogates", ["ir152", "irse50", "mobile_face"], "FR surrogates.")
 flags.DEFINE_integer("tune_steps", 150, "end_to_end: stage-1 steps.")
@@ -94,7 +95,8 @@ def main(argv):
   gen_modes = [m for m in FLAGS.modes if m in ("synth", "grad_wplus", "grad_params")]
   for dtype in FLAGS.dtypes:
     model = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
-                                dtype=jnp.dtype(dtype), precision=precision)
+                                dtype=jnp.dtype(dtype), precision=precision,
+                                upsample_impl=FLAGS.upsample_impl)
     for mode in gen_modes:
       for bs in map(int, FLAGS.batch_sizes):
         wplus = jax.random.normal(jax.random.key(1), (bs, model.n_latent, model.style_dim))
@@ -143,7 +145,8 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
   results = []
   for dtype in FLAGS.dtypes:
     gen = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
-                              dtype=jnp.dtype(dtype), precision=precision)
+                              dtype=jnp.dtype(dtype), precision=precision,
+                              upsample_impl=FLAGS.upsample_impl)
     params = stylegan2.init_params(gen, key)
     clip_model, clip_vars, _ = weights.load_clip(FLAGS.clip_preset, "random", key,
                                                  jnp.dtype(dtype))

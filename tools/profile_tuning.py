@@ -12,6 +12,7 @@ Two views, each timed for every batch size with one parameter copy PER IMAGE (vm
      blockdiag  batch folded into channels, ONE dense conv with a block-diagonal weight
                 (B x the FLOPs, dense kernels)
      einsum     im2col patches + a batched matmul per image
+and the upsampling conv + blur as one sub-pixel conv (--upsample_impl=subpixel's form).
 Per-image time at batch B divided by the time at batch 1 says whether batching helps
 (< 1) or hurts (> 1).
 """
@@ -87,7 +88,8 @@ def layer_fns(res: int, ch: int, dtype):
   """name -> (fn(x [B,H,W,C], w [B,k,k,C,C]) -> scalar, input shape at batch 1)."""
   import jax
   import jax.numpy as jnp
-  from clip2protect_jax.models.layers import make_blur_kernel, upfirdn2d
+  from clip2protect_jax.models.layers import (depth_to_space2, make_blur_kernel,
+                                              subpixel_upsample_kernel, upfirdn2d)
   dn = ("NHWC", "HWIO", "NHWC")
 
   def conv3(x, w):
@@ -99,6 +101,11 @@ def layer_fns(res: int, ch: int, dtype):
                                         lhs_dilation=(2, 2), dimension_numbers=dn)[0]
 
   kernel = make_blur_kernel((1, 3, 3, 1)) * 4
+
+  def up_subpixel(x, w):  # the same function as up + blur (layers.subpixel_upsample_kernel)
+    return depth_to_space2(jax.lax.conv_general_dilated(
+        x[None], subpixel_upsample_kernel(w, kernel), (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=dn))[0]
 
   def blur(x, w):
     del w
@@ -127,6 +134,7 @@ def layer_fns(res: int, ch: int, dtype):
           "conv3x3 blockdiag": (blockdiag, res),
           "conv3x3 einsum": (einsum, res),
           "upsample conv (vmap)": (vmapped(up), res // 2),
+          "upsample conv+blur subpixel (vmap)": (vmapped(up_subpixel), res // 2),
           "blur upfirdn2d (vmap)": (vmapped(blur), res)}
 
 

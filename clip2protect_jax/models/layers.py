@@ -56,6 +56,37 @@ def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
   return out
 
 
+UPSAMPLE_IMPLS = ("dilated", "subpixel")
+
+
+def subpixel_upsample_kernel(w: Array, blur: np.ndarray) -> Array:
+  """The stride-2 transposed conv w [3, 3, I, O] followed by the 4x4 FIR `blur` (as
+  upfirdn2d applies it), as ONE 3x3 stride-1 conv producing the 4 output phases:
+  [3, 3, I, 2 * 2 * O], phases ordered (row parity, column parity, O).
+
+  Derivation (1-D; 2-D is separable): with z the zero-inserted input, the current path
+  computes y[s] = sum_n z[s - 3 + n] K[n], K = the full convolution of the flipped blur
+  with the flipped w (6 taps). Only even z entries are non-zero, so output 2m takes taps
+  K[1], K[3], K[5] and output 2m + 1 taps K[0], K[2], K[4], on x[m-1], x[m], x[m+1].
+  """
+  wf = w[::-1, ::-1]
+  b = jnp.asarray(np.ascontiguousarray(blur[::-1, ::-1]), w.dtype)
+  k = jnp.zeros((6, 6) + w.shape[2:], w.dtype)
+  for q1 in range(4):
+    for q2 in range(4):
+      k = k.at[q1:q1 + 3, q2:q2 + 3].add(b[q1, q2] * wf)
+  taps = (jnp.array([1, 3, 5]), jnp.array([0, 2, 4]))
+  phases = [k[taps[r1]][:, taps[r2]] for r1 in (0, 1) for r2 in (0, 1)]   # [3, 3, I, O]
+  return jnp.stack(phases, axis=-2).reshape(3, 3, w.shape[2], 4 * w.shape[3])
+
+
+def depth_to_space2(y: Array) -> Array:
+  """[N, H, W, (2, 2, O)] phases -> [N, 2H, 2W, O]."""
+  n, h, wd, c = y.shape
+  y = y.reshape(n, h, wd, 2, 2, c // 4)
+  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(n, 2 * h, 2 * wd, c // 4)
+
+
 class EqualLinear(nn.Module):
   """rosinality EqualLinear: y = x @ (W * lr_mul / sqrt(in)) + b * lr_mul, optional fused lrelu.
 
@@ -96,6 +127,10 @@ class ModulatedConv2d(nn.Module):
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   dtype: Any = jnp.float32
   precision: Any = None
+  # "dilated": transposed conv as an lhs-dilated conv, then the FIR blur (as torch does).
+  # "subpixel": the same function as one 3x3 conv over the 4 output phases with the blur
+  # folded into its kernel (no zero-inserted input, no separate blur pass).
+  upsample_impl: str = "dilated"
 
   @nn.compact
   def __call__(self, x: Array, style: Array) -> Array:
@@ -108,7 +143,18 @@ class ModulatedConv2d(nn.Module):
     half = jnp.dtype(self.dtype).itemsize < 4
     conv_kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision,
                        preferred_element_type=jnp.float32 if half else None)
-    if self.upsample:
+    subpixel = self.upsample and self.upsample_impl == "subpixel"
+    if self.upsample_impl not in UPSAMPLE_IMPLS:
+      raise ValueError(f"upsample_impl must be one of {UPSAMPLE_IMPLS}, got "
+                       f"{self.upsample_impl!r}")
+    if subpixel and (k != 3 or len(self.blur_kernel) != 4):
+      raise ValueError("subpixel upsampling is derived for a 3x3 kernel and a 4-tap blur")
+    if subpixel:
+      kernel = make_blur_kernel(self.blur_kernel) * 4
+      out = depth_to_space2(jax.lax.conv_general_dilated(
+          x.astype(self.dtype), subpixel_upsample_kernel(w, kernel).astype(self.dtype),
+          window_strides=(1, 1), padding=((1, 1), (1, 1)), **conv_kwargs))
+    elif self.upsample:
       # torch conv_transpose2d(stride 2, padding 0) == stride-1 conv of the zero-inserted
       # input, padded by k-1, with the spatially flipped kernel.
       out = jax.lax.conv_general_dilated(
@@ -124,7 +170,7 @@ class ModulatedConv2d(nn.Module):
       w_sq = jnp.sum(jnp.square(w), axis=(0, 1))                    # [in, out]
       demod = jax.lax.rsqrt(jnp.dot(jnp.square(s), w_sq, precision=self.precision) + 1e-8)
       out = out * demod[:, None, None, :]
-    if self.upsample:
+    if self.upsample and not subpixel:
       factor = 2
       p = len(self.blur_kernel) - factor - (k - 1)
       kernel = make_blur_kernel(self.blur_kernel) * factor ** 2
@@ -143,12 +189,14 @@ class StyledConv(nn.Module):
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   dtype: Any = jnp.float32
   precision: Any = None
+  upsample_impl: str = "dilated"
 
   @nn.compact
   def __call__(self, x: Array, style: Array, noise: Array) -> Array:
     out = ModulatedConv2d(self.out_channels, self.kernel_size, upsample=self.upsample,
                           blur_kernel=self.blur_kernel, dtype=self.dtype,
-                          precision=self.precision, name="conv")(x, style)
+                          precision=self.precision, upsample_impl=self.upsample_impl,
+                          name="conv")(x, style)
     noise_weight = self.param("noise_weight", nn.initializers.zeros, (1,))
     out = out + noise_weight * noise
     bias = self.param("activate_bias", nn.initializers.zeros, (self.out_channels,))

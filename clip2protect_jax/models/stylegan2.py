@@ -89,6 +89,7 @@ class Synthesis(nn.Module):
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   dtype: Any = jnp.float32
   precision: Any = None
+  upsample_impl: str = "dilated"
 
   @nn.compact
   def __call__(self, wplus: Array, noise: Sequence[Array]) -> Array:
@@ -108,7 +109,8 @@ class Synthesis(nn.Module):
     row = 1
     for block in range(log2_size(self.size) - 2):           # resolutions 8 .. size
       ch = ch_at(2 ** (block + 3))
-      x = StyledConv(ch, upsample=True, name=f"convs_{2 * block}", **kw)(
+      x = StyledConv(ch, upsample=True, upsample_impl=self.upsample_impl,
+                     name=f"convs_{2 * block}", **kw)(
           x, wplus[:, row], noise[2 * block + 1])
       x = StyledConv(ch, name=f"convs_{2 * block + 1}", **kw)(
           x, wplus[:, row + 1], noise[2 * block + 2])
@@ -132,11 +134,13 @@ class Generator(nn.Module):
   lr_mlp: float = 0.01
   dtype: Any = jnp.float32           # convolution compute dtype; modulation stays float32
   precision: Any = None              # lax precision for convs/matmuls (None = default)
+  upsample_impl: str = "dilated"     # "subpixel": same function, see layers.ModulatedConv2d
 
   def setup(self):
     self.style = MappingNetwork(self.style_dim, self.n_mlp, self.lr_mlp, self.precision)
     self.synthesis = Synthesis(self.size, self.channel_multiplier, self.channel_max,
-                               tuple(self.blur_kernel), self.dtype, self.precision)
+                               tuple(self.blur_kernel), self.dtype, self.precision,
+                               self.upsample_impl)
 
   @property
   def n_latent(self) -> int:
