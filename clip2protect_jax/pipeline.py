@@ -390,9 +390,11 @@ def run(config, workdir: str) -> dict[str, Any]:
   ids = [str(i) for i in arrays["ids"]]
   done = [f for f in ids if os.path.exists(result_path(out_dir, f))]
   todo = [i for i, f in enumerate(ids) if f not in set(done)]
-  logging.info("protect: %d faces, %d done earlier, %d to do", len(ids), len(done), len(todo))
   seconds = {"align_invert": time.perf_counter() - t_start, "load": 0.0, "tune": 0.0,
              "protect": 0.0, "evaluate": 0.0}
+  logging.info("stage align+invert: %.1fs for %d new faces", seconds["align_invert"],
+               inv["encoded_now"])
+  logging.info("protect: %d faces, %d done earlier, %d to do", len(ids), len(done), len(todo))
   descriptions = {}
   if todo:
     t0 = time.perf_counter()

@@ -59,25 +59,38 @@ def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
 UPSAMPLE_IMPLS = ("dilated", "subpixel")
 
 
+def _phase_taps(blur: np.ndarray) -> np.ndarray:
+  """Constant [3, 3, 3, 3, 2, 2] map from the 3x3 kernel w to the 4 phase kernels.
+
+  1-D derivation (2-D is separable): with z the zero-inserted input, the dilated path
+  computes y[s] = sum_n z[s - 3 + n] K[n], where K (6 taps) is the full convolution of the
+  flipped blur b with the flipped w, K[n] = sum_{q + j = n} b[q] w[2 - j]. Only even z
+  entries are non-zero, so output 2m takes taps K[1], K[3], K[5] and output 2m + 1 taps
+  K[0], K[2], K[4], on x[m - 1], x[m], x[m + 1].
+  """
+  b = np.asarray(blur, np.float64)[::-1, ::-1]
+  full = np.zeros((3, 3, 6, 6))            # [w tap t1, t2, combined tap n1, n2]
+  for t1 in range(3):
+    for t2 in range(3):
+      full[t1, t2, 2 - t1:6 - t1, 2 - t2:6 - t2] = b
+  taps = (np.array([1, 3, 5]), np.array([0, 2, 4]))
+  out = np.zeros((3, 3, 3, 3, 2, 2))       # [t1, t2, phase tap a1, a2, parity r1, r2]
+  for r1 in (0, 1):
+    for r2 in (0, 1):
+      out[..., r1, r2] = full[:, :, taps[r1]][:, :, :, taps[r2]]
+  return out.astype(np.float32)
+
+
 def subpixel_upsample_kernel(w: Array, blur: np.ndarray) -> Array:
   """The stride-2 transposed conv w [3, 3, I, O] followed by the 4x4 FIR `blur` (as
   upfirdn2d applies it), as ONE 3x3 stride-1 conv producing the 4 output phases:
-  [3, 3, I, 2 * 2 * O], phases ordered (row parity, column parity, O).
-
-  Derivation (1-D; 2-D is separable): with z the zero-inserted input, the current path
-  computes y[s] = sum_n z[s - 3 + n] K[n], K = the full convolution of the flipped blur
-  with the flipped w (6 taps). Only even z entries are non-zero, so output 2m takes taps
-  K[1], K[3], K[5] and output 2m + 1 taps K[0], K[2], K[4], on x[m-1], x[m], x[m+1].
+  [3, 3, I, 2 * 2 * O], phases ordered (row parity, column parity, O). A single
+  contraction with a constant (see _phase_taps), so it vectorises under vmap.
   """
-  wf = w[::-1, ::-1]
-  b = jnp.asarray(np.ascontiguousarray(blur[::-1, ::-1]), w.dtype)
-  k = jnp.zeros((6, 6) + w.shape[2:], w.dtype)
-  for q1 in range(4):
-    for q2 in range(4):
-      k = k.at[q1:q1 + 3, q2:q2 + 3].add(b[q1, q2] * wf)
-  taps = (jnp.array([1, 3, 5]), jnp.array([0, 2, 4]))
-  phases = [k[taps[r1]][:, taps[r2]] for r1 in (0, 1) for r2 in (0, 1)]   # [3, 3, I, O]
-  return jnp.stack(phases, axis=-2).reshape(3, 3, w.shape[2], 4 * w.shape[3])
+  phase = jnp.asarray(_phase_taps(blur), w.dtype)
+  # HIGHEST: on GPU the default would round w to TF32 here, before the conv's own precision.
+  k = jnp.einsum("klio,klabrs->abirso", w, phase, precision=jax.lax.Precision.HIGHEST)
+  return k.reshape(3, 3, w.shape[2], 4 * w.shape[3])
 
 
 def depth_to_space2(y: Array) -> Array:
