@@ -480,6 +480,12 @@ def select_faces(detections: Sequence[Detection], policy: str | int, source: str
   return [(i % n, detections[i])]
 
 
+def largest_face_box(photo: np.ndarray, upsample: int = 1, source: str = "photo"
+                     ) -> tuple[int, int, int, int]:
+  """(l, t, r, b) of the largest dlib detection; FaceAlignmentError if there is none."""
+  return select_faces(detect_faces(photo, upsample, source), "largest", source)[0][1].box
+
+
 def align_photo(photo: np.ndarray, policy: str | int = "largest", *, source: str = "photo",
                 output_size: int = OUTPUT_SIZE, upsample: int = 1,
                 detect_on: np.ndarray | None = None

@@ -81,13 +81,6 @@ def dlib_descriptor(photo: np.ndarray, box: Sequence[float]) -> np.ndarray:
   return np.asarray(descriptor.compute_face_descriptor(img, predictor(img, rect)), np.float64)
 
 
-def largest_face_box(photo: np.ndarray, source: str, upsample: int = 1) -> tuple[int, ...]:
-  dets = align.detect_faces(photo, upsample, source)
-  if not dets:
-    raise align.FaceAlignmentError(f"{source}: no face found for the dlib victim")
-  return max(dets, key=lambda d: d.area).box
-
-
 def dlib_victim(workdir: str, records: Sequence[dict[str, Any]], photos: Mapping[str, str],
                 config) -> dict[str, Any]:
   """dlib descriptor distances to the target's evaluation photo and to the original photo,
@@ -95,8 +88,8 @@ def dlib_victim(workdir: str, records: Sequence[dict[str, Any]], photos: Mapping
   the face) and the protected photo. The face is located by its original detection box, so
   the victim is measured on recognition, not detection."""
   target = image_io.read_rgb(config.target.eval_photo)
-  target_desc = dlib_descriptor(target, largest_face_box(target, config.target.eval_photo,
-                                                         config.align.upsample))
+  target_desc = dlib_descriptor(target, align.largest_face_box(
+      target, config.align.upsample, config.target.eval_photo))
   per_face = {}
   for r in records:
     original = image_io.read_rgb(r["source"])

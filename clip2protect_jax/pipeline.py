@@ -123,11 +123,11 @@ def read_target_crop(path: str, crop: Sequence[int], upsample: int) -> np.ndarra
       raise ValueError(f"target crop for {path} must be (row0, row1, col0, col1), got {crop}")
     r0, r1, c0, c1 = (int(v) for v in crop)
   else:
-    dets = align.detect_faces(photo, upsample, source=path)
-    if not dets:
-      raise align.FaceAlignmentError(f"{path}: no face found for the target crop; give "
-                                     "config.target.crop=(row0, row1, col0, col1)")
-    l, t, r, b = max(dets, key=lambda d: d.area).box
+    try:
+      l, t, r, b = align.largest_face_box(photo, upsample, path)
+    except align.FaceAlignmentError as e:
+      raise align.FaceAlignmentError(f"{e} For a target photo, config.target.crop="
+                                     "(row0, row1, col0, col1) gives the crop.") from None
     r0, r1, c0, c1 = max(t, 0), min(b, photo.shape[0]), max(l, 0), min(r, photo.shape[1])
   out = photo[r0:r1, c0:c1]
   if out.size == 0:
@@ -186,11 +186,10 @@ def face_boxes(config, arrays: dict[str, np.ndarray], index: Sequence[int],
     if config.align.enabled:
       out.append(align.box_to_aligned(arrays["boxes"][i], arrays["corners"][i], size))
       continue
-    dets = align.detect_faces(aligned_u8[j], config.align.upsample)
-    if dets:
-      l, t, r, b = max(dets, key=lambda d: d.area).box
-      out.append(np.clip([l, t, r, b], 0, size).astype(np.float64))
-    else:
+    try:
+      box = align.largest_face_box(aligned_u8[j], config.align.upsample)
+      out.append(np.clip(box, 0, size).astype(np.float64))
+    except align.FaceAlignmentError:
       logging.warning("%s: no face found in the pre-aligned image; FR crop = whole image",
                       arrays["ids"][i])
       out.append(np.array([0.0, 0.0, size, size]))

@@ -58,40 +58,6 @@ class LoadedGenerator:
   description: str                 # which weights these are, for logs and summaries
 
 
-def load_generator(cfg, key: jax.Array) -> LoadedGenerator:
-  """config.generator -> model + weights. `key` seeds random init and random noise."""
-  model = generator_from_config(cfg)
-  init_key, noise_key = jax.random.split(key)
-  if cfg.weights == "random":
-    params = stylegan2.init_params(model, init_key)
-    noise = stylegan2.make_noise(noise_key, model.size)
-    return LoadedGenerator(model, params, noise, None,
-                           "RANDOM weights (constructor init, not a trained generator): "
-                           "outputs are not faces")
-  path = cfg.weights
-  if not os.path.isdir(path):
-    raise FileNotFoundError(
-        f"generator weights {path!r} not found. Convert the official checkpoint first: "
-        "python tools/convert_checkpoint.py --kind=stylegan2 --input=stylegan2-ffhq-"
-        f"config-f.pt --output={path} (see checkpoints/README.md), or set "
-        "--config.generator.weights=random.")
-  meta = checkpoints.load_metadata(path)
-  if meta.get("kind") != "stylegan2":
-    raise ValueError(f"{path} holds a {meta.get('kind')!r} checkpoint, not stylegan2")
-  want = stylegan2_arch(model)
-  got = meta["architecture"]
-  diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]}
-  if diff:
-    raise ValueError(f"{path} was converted for a different generator: " + ", ".join(
-        f"{k}={g} in the checkpoint vs {w} in config.generator" for k, (g, w) in
-        diff.items()))
-  tree = checkpoints.restore(path, stylegan2_abstract_tree(model, meta["has_latent_avg"]))
-  tree = jax.tree_util.tree_map(jnp.asarray, tree)
-  return LoadedGenerator(model, tree["params"], tree["noise"], tree.get("latent_avg"),
-                         f"converted checkpoint {os.path.abspath(path)} (source "
-                         f"{meta.get('source')}, sha256 {meta.get('source_sha256')})")
-
-
 def _require_folder(path: str, what: str, how: str) -> None:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{what} weights {path!r} not found. {how} (or set the weights "
@@ -106,6 +72,35 @@ def _check_kind(path: str, kind: str, **expected: Any) -> dict[str, Any]:
     if meta.get(k) != v:
       raise ValueError(f"{path} was converted with {k}={meta.get(k)!r}, expected {v!r}")
   return meta
+
+
+def load_generator(cfg, key: jax.Array) -> LoadedGenerator:
+  """config.generator -> model + weights. `key` seeds random init and random noise."""
+  model = generator_from_config(cfg)
+  init_key, noise_key = jax.random.split(key)
+  if cfg.weights == "random":
+    params = stylegan2.init_params(model, init_key)
+    noise = stylegan2.make_noise(noise_key, model.size)
+    return LoadedGenerator(model, params, noise, None,
+                           "RANDOM weights (constructor init, not a trained generator): "
+                           "outputs are not faces")
+  path = cfg.weights
+  _require_folder(path, "generator", "Convert the official checkpoint first: python "
+                  "tools/convert_checkpoint.py --kind=stylegan2 --input=stylegan2-ffhq-"
+                  f"config-f.pt --output={path} (see checkpoints/README.md)")
+  meta = _check_kind(path, "stylegan2")
+  want = stylegan2_arch(model)
+  got = meta["architecture"]
+  diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]}
+  if diff:
+    raise ValueError(f"{path} was converted for a different generator: " + ", ".join(
+        f"{k}={g} in the checkpoint vs {w} in config.generator" for k, (g, w) in
+        diff.items()))
+  tree = checkpoints.restore(path, stylegan2_abstract_tree(model, meta["has_latent_avg"]))
+  tree = jax.tree_util.tree_map(jnp.asarray, tree)
+  return LoadedGenerator(model, tree["params"], tree["noise"], tree.get("latent_avg"),
+                         f"converted checkpoint {os.path.abspath(path)} (source "
+                         f"{meta.get('source')}, sha256 {meta.get('source_sha256')})")
 
 
 def load_face_model(name: str, weights: str, key: jax.Array) -> tuple[Any, str]:
