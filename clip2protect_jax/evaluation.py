@@ -42,17 +42,18 @@ def _embed_fn(name: str):
 
 
 def fr_similarities(fr_params: Mapping[str, Any], images: Mapping[str, np.ndarray],
-                    boxes: np.ndarray, target_eval_emb: Mapping[str, np.ndarray]
+                    crops: Mapping[str, np.ndarray], target_eval_emb: Mapping[str, np.ndarray]
                     ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
   """model -> {"target" | "source": {image kind: cos [n]}}.
 
   images: kind -> [n, H, W, 3] in [0, 1] ("original" must be present: it is the source
-  reference); boxes [n, 4] in those pixels; target_eval_emb: model -> [D].
+  reference); crops: "box" -> [n, 4] in those pixels, aligned model -> [n, 2, 3] warps (see
+  protect.fr_embeddings); target_eval_emb: model -> [D].
   """
   out = {}
   for name, params in fr_params.items():
-    emb = {k: _embed_fn(name)(params, jnp.asarray(v), jnp.asarray(boxes))
-           for k, v in images.items()}
+    mine = {k: jnp.asarray(v) for k, v in crops.items() if k in ("box", name)}
+    emb = {k: _embed_fn(name)(params, jnp.asarray(v), mine) for k, v in images.items()}
     out[name] = {
         "target": {k: np.asarray(registry.cosine_similarity(e, target_eval_emb[name][None]))
                    for k, e in emb.items()},
@@ -139,7 +140,7 @@ def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any]
     if missing:
       raise ValueError(f"{name} has no threshold at FAR {missing} (has {sorted(spec.thresholds)})")
     entry = {"role": "surrogate" if name in config.fr.surrogates else "victim",
-             "thresholds_from": spec.description, "by_image": {}}
+             "thresholds_from": spec.threshold_source, "by_image": {}}
     for kind in IMAGE_KINDS:
       tgt = np.array([r["similarity"][name]["target"][kind] for r in records])
       src = np.array([r["similarity"][name]["source"][kind] for r in records])
@@ -148,8 +149,12 @@ def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any]
           "far": _rates(tgt, src, {f: spec.thresholds[f] for f in fars})}
     out["models"][name] = entry
   if dlib_eval is not None:
+    calibrated = registry.calibrated().get("dlib", {}).get("thresholds", {})
+    by_far = {f: -calibrated[f"{f:g}"] for f in fars if f"{f:g}" in calibrated}
     entry = {"role": "victim (black box, dlib C++ ResNet descriptor on the pasted-back photo)",
-             "thresholds_from": "dlib's documented distance 0.6", "by_image": {}}
+             "thresholds_from": "dlib's documented distance 0.6" + (
+                 "; by FAR: " + registry.get_calibration_source("dlib") if by_far else ""),
+             "by_image": {}}
     faces = dlib_eval["faces"]
     for kind in IMAGE_KINDS:
       tgt = np.array([faces[r["id"]]["target_distance"][kind] for r in records])
@@ -158,6 +163,8 @@ def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any]
           "mean_distance_target": float(tgt.mean()), "mean_distance_source": float(src.mean()),
           "distance": _rates(tgt, src, {dlib_eval["threshold"]: dlib_eval["threshold"]},
                              larger_is_closer=False)}
+      if by_far:
+        entry["by_image"][kind]["far"] = _rates(tgt, src, by_far, larger_is_closer=False)
     out["models"]["dlib"] = entry
     out["dlib_faces"] = faces
   return out

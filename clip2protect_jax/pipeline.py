@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from clip2protect_jax import (align, checkpoints, evaluation, image_io, inversion, protect,
-                              report, tuning)
+from clip2protect_jax import (align, checkpoints, evaluation, fr_align, image_io, inversion,
+                              protect, report, tuning)
 from clip2protect_jax import weights as weights_lib
 from clip2protect_jax.image_io import atomic_write_json
 from clip2protect_jax.losses_clip import compose, load_templates, text_features
@@ -111,13 +111,26 @@ class Loaded:
   shared: protect.SharedInputs
   fr_params: dict[str, Any]            # every FR model: surrogates and victims
   target_crop01: np.ndarray            # [h, w, 3] in [0, 1], optimisation photo
+  target_aligned01: dict[str, np.ndarray]  # aligned surrogate -> its crop of that photo
   target_eval_emb: dict[str, np.ndarray]
   descriptions: dict[str, str]
 
 
-def read_target_crop(path: str, crop: Sequence[int], upsample: int) -> np.ndarray:
-  """[h, w, 3] float32 in [0, 1]: photo[r0:r1, c0:c1], or its largest dlib face box."""
+def read_target(path: str, crop: Sequence[int], upsample: int, aligned_names: Sequence[str]
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """A target photo's FR inputs: (the official crop [h, w, 3] float32 in [0, 1],
+  aligned model -> its aligned crop [h, w, 3] in [0, 1], landmarks found in the crop box)."""
   photo = image_io.read_rgb(path)
+  crop01, (r0, r1, c0, c1) = read_target_crop(photo, path, crop, upsample)
+  aligned = {m: fr_align.aligned_crop(photo, registry.get(m).alignment, (c0, r0, c1, r1),
+                                      registry.get(m).input_size) for m in aligned_names}
+  return crop01, aligned
+
+
+def read_target_crop(photo: np.ndarray, path: str, crop: Sequence[int], upsample: int
+                     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+  """([h, w, 3] float32 in [0, 1], (r0, r1, c0, c1)): photo[r0:r1, c0:c1], or its largest
+  dlib face box."""
   if crop:
     if len(crop) != 4:
       raise ValueError(f"target crop for {path} must be (row0, row1, col0, col1), got {crop}")
@@ -132,7 +145,7 @@ def read_target_crop(path: str, crop: Sequence[int], upsample: int) -> np.ndarra
   out = photo[r0:r1, c0:c1]
   if out.size == 0:
     raise ValueError(f"target crop {(r0, r1, c0, c1)} of {path} {photo.shape} is empty")
-  return out.astype(np.float32) / 255.0
+  return out.astype(np.float32) / 255.0, (r0, r1, c0, c1)
 
 
 def load_models(config) -> Loaded:
@@ -148,7 +161,7 @@ def load_models(config) -> Loaded:
   fr_params, fr_desc = {}, {}
   for i, name in enumerate(fr_model_names(config)):
     folder = "random" if config.fr.weights_dir == "random" else os.path.join(
-        config.fr.weights_dir, name)
+        config.fr.weights_dir, registry.get(name).weights_subdir or name)
     fr_params[name], fr_desc[name] = weights_lib.load_face_model(
         name, folder, jax.random.fold_in(fr_key, i))
   templates = load_templates(TEMPLATES)
@@ -157,17 +170,20 @@ def load_models(config) -> Loaded:
   shared = protect.SharedInputs(clip_vars, {m: fr_params[m] for m in config.fr.surrogates},
                                 text[config.source_text], text[config.prompt])
   upsample = config.align.upsample
-  target = read_target_crop(config.target.photo, config.target.crop, upsample)
-  target_eval = read_target_crop(config.target.eval_photo, config.target.eval_crop, upsample)
-  eval_emb = protect.target_embeddings(tuple(fr_params), fr_params, jnp.asarray(target_eval))
+  target, target_aligned = read_target(config.target.photo, config.target.crop, upsample,
+                                       registry.aligned_models(config.fr.surrogates))
+  target_eval, eval_aligned = read_target(config.target.eval_photo, config.target.eval_crop,
+                                          upsample, registry.aligned_models(fr_params))
+  eval_emb = protect.target_embeddings(tuple(fr_params), fr_params, jnp.asarray(target_eval),
+                                       eval_aligned)
   descriptions = {"generator": gen.description, "lpips": lpips_desc, "clip": clip_desc,
                   **{f"fr/{k}": v for k, v in fr_desc.items()}}
   for what, text_ in descriptions.items():
     if "RANDOM" in text_:
       logging.warning("%s: %s", what, text_)
   return Loaded(gen, lpips_model, lpips_vars, protect.ProtectModels(gen.model, clip_model),
-                shared, fr_params, target, {k: np.asarray(v) for k, v in eval_emb.items()},
-                descriptions)
+                shared, fr_params, target, target_aligned,
+                {k: np.asarray(v) for k, v in eval_emb.items()}, descriptions)
 
 
 # ------------------------------------------------------------------ per-face inputs
@@ -194,6 +210,18 @@ def face_boxes(config, arrays: dict[str, np.ndarray], index: Sequence[int],
                       arrays["ids"][i])
       out.append(np.array([0.0, 0.0, size, size]))
   return np.stack(out).astype(np.float32)
+
+
+def face_crops(names: Sequence[str], aligned_u8: np.ndarray, boxes: np.ndarray
+               ) -> dict[str, np.ndarray]:
+  """"box" -> boxes [n, 4], and per aligned model of `names` -> [n, 2, 3] warps from the
+  landmarks of the aligned ORIGINAL faces [n, H, W, 3] uint8 (found inside their boxes)."""
+  crops = {"box": boxes}
+  for m in registry.aligned_models(names):
+    spec = registry.get(m)
+    crops[m] = np.stack([fr_align.transform_for(spec.alignment, img, box, spec.input_size)
+                         for img, box in zip(aligned_u8, boxes)])
+  return crops
 
 
 def face_noise(config, fid: str, latents_npz: str) -> list[np.ndarray]:
@@ -228,7 +256,9 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
            for k in range(len(noise_each[0]))]
   wplus0 = jnp.asarray(pad(arrays["wplus"][list(index)]))
   sources01 = jnp.asarray(pad(aligned).astype(np.float32) / 255.0)
-  boxes = jnp.asarray(pad(face_boxes(config, arrays, index, aligned)))
+  crops = {k: jnp.asarray(pad(v)) for k, v in face_crops(
+      tuple(loaded.fr_params), aligned, face_boxes(config, arrays, index, aligned)).items()}
+  boxes = crops["box"]
   keys = jnp.stack([inversion.image_key(jax.random.fold_in(jax.random.key(config.seed), 3), f)
                     for f in ids + [ids[-1]] * (bs - n)])
   gen = loaded.generator
@@ -249,8 +279,10 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
 
   settings = protect_settings(config)
   consts = protect.prepare_constants(
-      loaded.models, settings, params, True, wplus0, noise, boxes, sources01,
-      jnp.asarray(loaded.target_crop01), loaded.shared, keys)
+      loaded.models, settings, params, True, wplus0, noise,
+      {k: crops[k] for k in ("box", *registry.aligned_models(settings.surrogates))},
+      sources01, jnp.asarray(loaded.target_crop01), loaded.shared, keys,
+      loaded.target_aligned01)
   protected, state, history = protect.protect(loaded.models, settings, params, consts,
                                               loaded.shared, per_image_generator=True)
   jax.block_until_ready(protected)
@@ -258,7 +290,8 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
 
   images = {"original": np.asarray(sources01[:n]), "reconstruction": np.asarray(recon[:n]),
             "protected": np.asarray(protected[:n])}
-  sims = evaluation.fr_similarities(loaded.fr_params, images, np.asarray(boxes[:n]),
+  sims = evaluation.fr_similarities(loaded.fr_params, images,
+                                    {k: np.asarray(v[:n]) for k, v in crops.items()},
                                     loaded.target_eval_emb)
   t3 = time.perf_counter()
   records = []

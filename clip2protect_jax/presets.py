@@ -125,8 +125,9 @@ def _example_target(c: ml_collections.ConfigDict) -> None:
 
 
 def _demo(c: ml_collections.ConfigDict) -> None:
-  """The embedded default: real photos, every converted checkpoint that exists, else a small
-  RANDOM generator fitted by pivotal tuning (and random CLIP/FR/LPIPS), sized for 2 CPUs."""
+  """The embedded default: real photos, real FR models from npm, every converted checkpoint
+  that exists, else a small RANDOM generator fitted by pivotal tuning (and random
+  CLIP/LPIPS), sized for 2 CPUs."""
   _example_target(c)
   c.batch_size = 2
   if not os.path.isdir(STYLEGAN2_FFHQ):
@@ -139,9 +140,6 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.tune.update(steps=150, learning_rate=1e-2, loss_resolution=64, mse_weight=1.0,
                   lpips_weight=0.0)
     c.protect.update(trainable_rows=tuple(range(4, 10)), noise_max_resolution=32)
-    # The backward passes of IR-152 and IR-SE-50 would triple the CPU time of stage 2:
-    # attack with the two lighter paper architectures, evaluate on the other two and dlib.
-    c.fr.update(surrogates=("mobile_face", "facenet"), victims=("irse50", "ir152"))
   elif not os.path.isdir(E4E_FFHQ):
     c.method = "projection"
   for name, path in (("clip", CLIP_VIT_B32),):
@@ -149,9 +147,10 @@ def _demo(c: ml_collections.ConfigDict) -> None:
       c[name].weights = "random"
   if not os.path.isdir(LPIPS_VGG):
     c.tune.lpips_weights = c.projection.lpips_weights = "random"
-  if not all(os.path.isdir(os.path.join("checkpoints", m))
-             for m in (*c.fr.surrogates, *c.fr.victims)):
-    c.fr.weights_dir = "random"
+  # Real FR models from npm (tools/fetch_assets.py): attack two, hold out dlib's ResNet (in
+  # Flax here, and as dlib's C++ descriptor on the pasted-back photos).
+  c.fr.update(surrogates=("faceres", "mobileface"), victims=("dlib_resnet",),
+              weights_dir="checkpoints")
 
 
 def _tiny(c: ml_collections.ConfigDict) -> None:

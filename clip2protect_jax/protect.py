@@ -4,7 +4,7 @@ Per image, the optimised variables are the W+ code (only `trainable_rows` move: 
 gradient is zeroed before Adam, as the official `grad[0][0:8] = 0`) and the noise maps of
 resolution <= `noise_max_resolution`. Each step:
   x = clamp((G(w, noise) + 1) / 2, 0, 1)                          [H, W, 3] in [0, 1]
-  L = 0.01 * sum((w - w0)^2) + 0.7 * L_adv(FR surrogates on the boxed crop of x)
+  L = 0.01 * sum((w - w0)^2) + 0.7 * L_adv(FR surrogates on the face crop of x)
       + 0.3 * L_clip(InfoNCE between x0 and a random-perspective copy of x)
 Everything that does not depend on the optimised variables (text features, E(x0), target
 and source embeddings) is an input computed once (`prepare_constants`). Each image has its
@@ -60,7 +60,8 @@ class ImageConstants(NamedTuple):
   """Per-image inputs that stay fixed during the search (leading N axis when batched)."""
   wplus0: Array                 # [n_latent, D] initial code (e4e / projection)
   noise: tuple[Array, ...]      # every noise map [r, r, 1]: initial values / frozen maps
-  box: Array                    # [4] face box (x1, y1, x2, y2) in generator pixels
+  crops: dict[str, Array]       # "box": [4] face box (x1, y1, x2, y2) in generator pixels;
+                                # aligned surrogate -> [2, 3] its warp (fr_align)
   clip_x0: Array                # [1, E] raw CLIP image feature of x0 = G(w0)
   source_emb: dict[str, Array]  # model -> [D], the user's own photo
   target_emb: dict[str, Array]  # model -> [D], the target identity's photo
@@ -116,21 +117,32 @@ def _all_noise(consts: ImageConstants, optimised: Sequence[Array], idx: Sequence
 
 
 def fr_embeddings(names: Sequence[str], fr_params: Mapping[str, Any], images01: Array,
-                  boxes: Array) -> dict[str, Array]:
-  """[N, H, W, 3] in [0, 1] + boxes [N, 4] -> model -> [N, D] (official crop/resize path)."""
-  return {m: registry.embed(m, fr_params[m], registry.preprocess(m, images01, boxes))
+                  crops: Mapping[str, Array]) -> dict[str, Array]:
+  """[N, H, W, 3] in [0, 1] -> model -> [N, D].
+
+  crops: "box" -> [N, 4] (the official crop/resize path); each aligned model -> [N, 2, 3]
+  (registry.model_input).
+  """
+  return {m: registry.embed(m, fr_params[m], registry.model_input(m, images01, crops))
           for m in names}
 
 
 def target_embeddings(names: Sequence[str], fr_params: Mapping[str, Any],
-                      target_crop01: Array) -> dict[str, Array]:
-  """Target photo already cropped, [H, W, 3] in [0, 1] -> model -> [D].
+                      target_crop01: Array, target_aligned01: Mapping[str, Array] | None = None
+                      ) -> dict[str, Array]:
+  """Target photo -> model -> [D].
 
-  As the official code: (x - 0.5) * 2, then a bilinear resize straight to the model size.
+  target_crop01: [H, W, 3] in [0, 1], the photo already cropped; as the official code,
+  (x - 0.5) * 2, then a bilinear resize straight to the model size. target_aligned01: for
+  aligned models, model -> [h, w, 3] in [0, 1], the photo warped to the model's input.
   """
   out = {}
   for m in names:
-    x = resize.resize_bilinear((target_crop01[None] - 0.5) * 2.0, registry.get(m).input_size)
+    if registry.get(m).alignment == "box":
+      x = resize.resize_bilinear(registry.to_range(m, target_crop01[None]),
+                                 registry.get(m).input_size)
+    else:
+      x = registry.to_range(m, target_aligned01[m][None])
     out[m] = registry.embed(m, fr_params[m], x)[0]
   return out
 
@@ -147,7 +159,8 @@ def make_loss(models: ProtectModels, settings: ProtectSettings) -> Callable:
     e = clip_image_features(models.clip, shared.clip_params, x_aug,
                             official_shift=settings.official_clip_shift)
     l_clip = nce_loss(consts.clip_x0, e, shared.text_src, shared.text_tgt)
-    emb = fr_embeddings(settings.surrogates, shared.fr_params, x[None], consts.box[None])
+    emb = fr_embeddings(settings.surrogates, shared.fr_params, x[None],
+                        {k: v[None] for k, v in consts.crops.items()})
     l_adv = fr_adversarial_loss({m: v[0] for m, v in emb.items()}, consts.target_emb,
                                 consts.source_emb, settings.mode, settings.official_dodging)
     l_lat = latent_l2(wplus, consts.wplus0)
@@ -243,10 +256,11 @@ def _make_draw(models: ProtectModels, settings: ProtectSettings, per_image_gener
 @functools.lru_cache(maxsize=16)
 def _make_constants_fn(models: ProtectModels, settings: ProtectSettings,
                        per_image_generator: bool):
-  """Jitted (gen_params, wplus0, noise, boxes, sources, target crop, shared)
-  -> (clip_x0 [N, 1, E], source embeddings, target embeddings)."""
+  """Jitted (gen_params, wplus0, noise, crops, sources, target crop, aligned target crops,
+  shared) -> (clip_x0 [N, 1, E], source embeddings, target embeddings)."""
 
-  def fn(gen_params, wplus0, noise, boxes, source_images01, target_crop01, shared):
+  def fn(gen_params, wplus0, noise, crops, source_images01, target_crop01, target_aligned01,
+         shared):
     x0 = jax.vmap(lambda p, w, nz: render(models.generator, p, w, nz),
                   in_axes=(0 if per_image_generator else None, 0, 0))(gen_params, wplus0,
                                                                       noise)
@@ -254,8 +268,8 @@ def _make_constants_fn(models: ProtectModels, settings: ProtectSettings,
         models.clip, shared.clip_params, x[None],
         official_shift=settings.official_clip_shift))(x0)
     names = settings.surrogates
-    source = fr_embeddings(names, shared.fr_params, source_images01, boxes)
-    target = target_embeddings(names, shared.fr_params, target_crop01)
+    source = fr_embeddings(names, shared.fr_params, source_images01, crops)
+    target = target_embeddings(names, shared.fr_params, target_crop01, target_aligned01)
     n = wplus0.shape[0]
     target = {m: jnp.broadcast_to(v, (n,) + v.shape) for m, v in target.items()}
     return clip_x0, source, target
@@ -265,15 +279,20 @@ def _make_constants_fn(models: ProtectModels, settings: ProtectSettings,
 
 def prepare_constants(models: ProtectModels, settings: ProtectSettings, gen_params: Any,
                       per_image_generator: bool, wplus0: Array, noise: Sequence[Array],
-                      boxes: Array, source_images01: Array, target_crop01: Array,
-                      shared: SharedInputs, keys: Array) -> ImageConstants:
+                      crops: Mapping[str, Array], source_images01: Array,
+                      target_crop01: Array, shared: SharedInputs, keys: Array,
+                      target_aligned01: Mapping[str, Array] | None = None) -> ImageConstants:
   """Everything fixed during the search, computed once for a batch of N images.
 
-  wplus0 [N, n_latent, D]; noise maps [N, r, r, 1]; boxes [N, 4]; source_images01
-  [N, H, W, 3] in [0, 1] (the aligned originals); target_crop01 [h, w, 3] in [0, 1];
-  keys [N] PRNG keys (e.g. fold_in(base, image_index), so results don't depend on batching).
+  wplus0 [N, n_latent, D]; noise maps [N, r, r, 1]; crops: "box" -> [N, 4] and aligned
+  surrogate -> [N, 2, 3] (see fr_embeddings); source_images01 [N, H, W, 3] in [0, 1] (the
+  aligned originals); target_crop01 [h, w, 3] in [0, 1]; keys [N] PRNG keys (e.g.
+  fold_in(base, image_index), so results don't depend on batching); target_aligned01:
+  aligned surrogate -> [h, w, 3] in [0, 1] (see target_embeddings).
   """
+  crops = {k: jnp.asarray(v) for k, v in crops.items()}
   clip_x0, source, target = _make_constants_fn(models, _compile_key(settings),
                                                per_image_generator)(
-      gen_params, wplus0, list(noise), boxes, source_images01, target_crop01, shared)
-  return ImageConstants(wplus0, tuple(noise), boxes, clip_x0, source, target, keys)
+      gen_params, wplus0, list(noise), crops, source_images01, target_crop01,
+      dict(target_aligned01 or {}), shared)
+  return ImageConstants(wplus0, tuple(noise), crops, clip_x0, source, target, keys)

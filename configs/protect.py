@@ -3,8 +3,9 @@
 align -> invert (W+) -> pivotal tuning -> adversarial latent search -> evaluate -> report,
 every stage resumable in --workdir.
 
-Embedded default (README's first command; real example photos from tools/fetch_assets.py,
-RANDOM generator/CLIP/FR weights unless converted checkpoints exist in checkpoints/):
+Embedded default (README's first command; real example photos and real npm FR models
+(faceres + mobileface attack, dlib_resnet + dlib C++ judge) from tools/fetch_assets.py,
+RANDOM generator/CLIP weights unless converted checkpoints exist in checkpoints/):
   python -m clip2protect_jax.main --config=configs/protect.py:demo --workdir=workdir/demo
 Paper settings (1024, e4e, CLIP ViT-B/32, 4 FR nets; needs the converted checkpoints and the
 target photos, see checkpoints/README.md):

@@ -140,7 +140,10 @@ def test_registry_entries():
     assert tuple(spec.thresholds[f] for f in (0.1, 0.01, 0.001)) == thr
     assert (spec.input_size, spec.l2_normalized, spec.weights_file) == (size, normed, weights)
     assert spec.value_range == (-1.0, 1.0) and spec.embedding_size == 512
-  assert registry.get("mobileface") is registry.get("mobile_face")
+  # `mobileface` is human-models' MobileFace (256-D), not the paper's MobileFaceNet.
+  assert registry.get("mobileface").embedding_size == 256
+  assert {registry.get(m).alignment for m in ("dlib_resnet", "faceres", "mobileface")} == {
+      "dlib_chip", "loose", "arcface"}
   with pytest.raises(KeyError, match="unknown FR model"):
     registry.get("arcface_r100")
   with pytest.raises(ValueError, match="already registered"):

@@ -33,6 +33,12 @@ for _name in TINY_FR:
         _name, TinyFR, lambda sd: sd, "none", (16, 16), (-1.0, 1.0), 12, False,
         {0.1: 0.1, 0.01: 0.2, 0.001: 0.3}, "tiny test model"))
 
+ALIGNED_FR = "tiny_fr_aligned"
+if ALIGNED_FR not in registry.names():  # a landmark-aligned surrogate (fr_align warp)
+  registry.register(registry.FRModel(
+      ALIGNED_FR, TinyFR, lambda sd: sd, "none", (12, 12), (0.0, 255.0), 12, False,
+      {0.1: 0.1, 0.01: 0.2, 0.001: 0.3}, "tiny aligned test model", alignment="arcface"))
+
 
 @pytest.fixture(scope="module")
 def setup():
@@ -73,7 +79,7 @@ def settings(**kw):
 def consts_for(s, st, sl=slice(None)):
   return protect.prepare_constants(
       s["models"], st, s["gen_params"], False, s["wplus0"][sl], [m[sl] for m in s["noise"]],
-      s["boxes"][sl], s["sources"][sl], s["target"], s["shared"], s["keys"][sl])
+      {"box": s["boxes"][sl]}, s["sources"][sl], s["target"], s["shared"], s["keys"][sl])
 
 
 def run(s, st, sl=slice(None)):
@@ -164,3 +170,29 @@ def test_fr_adversarial_loss_formulas():
     fr_adversarial_loss(e, target, source, "hide")
   with pytest.raises(ValueError, match="unknown surrogate"):
     protect.ProtectSettings(surrogates=("nope",))
+
+
+def test_aligned_surrogate_takes_its_per_image_warp(setup):
+  """A surrogate with a landmark alignment sees x through its own [2, 3] warp per image:
+  swapping two images' warps changes their results and leaves the third's alone."""
+  s = dict(setup)
+  params = TinyFR().init(jax.random.key(11), jnp.zeros((1, 12, 12, 3)))["params"]
+  s["shared"] = setup["shared"]._replace(fr_params={**setup["shared"].fr_params,
+                                                    ALIGNED_FR: params})
+  st = settings(surrogates=(TINY_FR[0], ALIGNED_FR))
+  warps = np.array([[[1.1, 0.1, 1.0], [-0.1, 1.1, 2.0]], [[0.9, 0.0, 2.0], [0.0, 0.9, 1.0]],
+                    [[1.2, -0.2, 0.5], [0.2, 1.2, 0.0]]], np.float32)
+  aligned_target = {ALIGNED_FR: jax.random.uniform(jax.random.key(12), (12, 12, 3))}
+
+  def run_with(w):
+    consts = protect.prepare_constants(
+        s["models"], st, s["gen_params"], False, s["wplus0"], s["noise"],
+        {"box": s["boxes"], ALIGNED_FR: w}, s["sources"], s["target"], s["shared"], s["keys"],
+        aligned_target)
+    return protect.protect(s["models"], st, s["gen_params"], consts, s["shared"], False)
+
+  images, _, hist = run_with(warps)
+  other, _, _ = run_with(warps[::-1].copy())   # same shapes: no second compilation
+  np.testing.assert_allclose(other[1], images[1], rtol=1e-4, atol=1e-5)  # same warp
+  assert float(jnp.abs(other[0] - images[0]).max()) > 1e-4  # image 0 got image 2's warp
+  assert np.isfinite(np.asarray(hist["adversarial"])).all()

@@ -174,7 +174,8 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
 
       def constants():
         return protect.prepare_constants(models, settings, per_image, True, wplus0, noise,
-                                         boxes, (targets + 1) / 2, target_crop, shared, keys)
+                                         {"box": boxes}, (targets + 1) / 2, target_crop, shared,
+                                         keys)
 
       if "tune_step" in modes:
         step = tuning._compiled_step(gen, lpips_model, ts, batched=True)  # noqa: SLF001
@@ -197,7 +198,8 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
           tuned = tuning.tune(gen, lpips_model, dataclasses.replace(ts, steps=tune_steps),
                               params, lpips_vars, wplus0, noise, targets)
           c = protect.prepare_constants(models, settings, tuned.params, True, wplus0, noise,
-                                        boxes, (targets + 1) / 2, target_crop, shared, keys)
+                                        {"box": boxes}, (targets + 1) / 2, target_crop, shared,
+                                        keys)
           st = dataclasses.replace(settings, steps=protect_steps)
           return jax.block_until_ready(
               protect.protect(models, st, tuned.params, c, shared, True)[0])

