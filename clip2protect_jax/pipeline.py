@@ -300,6 +300,7 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
     records.append({
         "id": fid, "source": str(arrays["sources"][i]),
         "box": [float(v) for v in np.asarray(boxes[j])],
+        "fr_warps": {m: np.asarray(v[j]).tolist() for m, v in crops.items() if m != "box"},
         "photo_box": [float(v) for v in arrays["boxes"][i]],
         "corners": np.asarray(arrays["corners"][i]).tolist(),
         "valid": np.asarray(arrays["valid"][i]).tolist(),
