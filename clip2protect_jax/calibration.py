@@ -13,12 +13,11 @@ import itertools
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from clip2protect_jax import align, evaluation, fr_align, image_io, resize
+from clip2protect_jax import evaluation, image_io, pipeline, protect
 from clip2protect_jax.models.face import registry
 
 DLIB = "dlib"   # dlib's C++ descriptor (black box): score = -euclidean distance
@@ -108,38 +107,20 @@ def threshold_at_far(impostor: np.ndarray, genuine: np.ndarray, far: float) -> T
 
 # ------------------------------------------------------------------ embeddings of photos
 
-def face_box(photo: np.ndarray, source: str, upsample: int = 1) -> tuple[int, int, int, int]:
-  """(l, t, r, b) of the largest dlib face, clipped to the photo."""
-  l, t, r, b = align.largest_face_box(photo, upsample, source)
-  h, w = photo.shape[:2]
-  return max(l, 0), max(t, 0), min(r, w), min(b, h)
-
-
-def model_input_of_photo(name: str, photo: np.ndarray, box: Sequence[float]) -> np.ndarray:
-  """[1, h, w, 3] model input of one photo: the official box crop + resize (alignment
-  "box"), else the model's landmark alignment (fr_align.aligned_crop)."""
-  spec = registry.get(name)
-  if spec.alignment == "box":
-    l, t, r, b = (int(v) for v in box)
-    crop = jnp.asarray(photo[t:b, l:r][None], jnp.float32) / 255.0
-    return np.asarray(resize.resize_bilinear(registry.to_range(name, crop), spec.input_size))
-  crop = fr_align.aligned_crop(photo, spec.alignment, box, spec.input_size)
-  return np.asarray(registry.to_range(name, jnp.asarray(crop[None])))
-
-
 def embed_photos(names: Sequence[str], params: Mapping[str, Any], photos: Mapping[str, str],
                  upsample: int = 1) -> dict[str, dict[str, np.ndarray]]:
-  """model (or DLIB) -> file -> embedding [D] of the largest face of each photo."""
+  """model (or DLIB) -> file -> embedding [D] of the largest face of each photo, fed as the
+  pipeline feeds a target photo (pipeline.read_target, protect.target_embeddings)."""
+  nets = tuple(n for n in names if n != DLIB)
   out: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
-  fns = {n: jax.jit(lambda p, x, n=n: registry.embed(n, p, x)) for n in names if n != DLIB}
   for file, path in photos.items():
-    photo = image_io.read_rgb(path)
-    box = face_box(photo, path, upsample)
-    for n in names:
-      if n == DLIB:
-        out[n][file] = evaluation.dlib_descriptor(photo, box)
-      else:
-        out[n][file] = np.asarray(fns[n](params[n], model_input_of_photo(n, photo, box))[0])
+    crop01, aligned, box = pipeline.read_target(path, (), upsample,
+                                                registry.aligned_models(nets))
+    emb = protect.target_embeddings(nets, params, jnp.asarray(crop01), aligned)
+    for n in nets:
+      out[n][file] = np.asarray(emb[n])
+    if DLIB in names:
+      out[DLIB][file] = evaluation.dlib_descriptor(image_io.read_rgb(path), box)
   return out
 
 

@@ -117,14 +117,15 @@ class Loaded:
 
 
 def read_target(path: str, crop: Sequence[int], upsample: int, aligned_names: Sequence[str]
-                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                ) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int, int, int]]:
   """A target photo's FR inputs: (the official crop [h, w, 3] float32 in [0, 1],
-  aligned model -> its aligned crop [h, w, 3] in [0, 1], landmarks found in the crop box)."""
+  aligned model -> its aligned crop [h, w, 3] in [0, 1] (landmarks found in the crop box),
+  the crop box (l, t, r, b))."""
   photo = image_io.read_rgb(path)
   crop01, (r0, r1, c0, c1) = read_target_crop(photo, path, crop, upsample)
   aligned = {m: fr_align.aligned_crop(photo, registry.get(m).alignment, (c0, r0, c1, r1),
                                       registry.get(m).input_size) for m in aligned_names}
-  return crop01, aligned
+  return crop01, aligned, (c0, r0, c1, r1)
 
 
 def read_target_crop(photo: np.ndarray, path: str, crop: Sequence[int], upsample: int
@@ -170,10 +171,11 @@ def load_models(config) -> Loaded:
   shared = protect.SharedInputs(clip_vars, {m: fr_params[m] for m in config.fr.surrogates},
                                 text[config.source_text], text[config.prompt])
   upsample = config.align.upsample
-  target, target_aligned = read_target(config.target.photo, config.target.crop, upsample,
-                                       registry.aligned_models(config.fr.surrogates))
-  target_eval, eval_aligned = read_target(config.target.eval_photo, config.target.eval_crop,
-                                          upsample, registry.aligned_models(fr_params))
+  target, target_aligned, _ = read_target(config.target.photo, config.target.crop, upsample,
+                                          registry.aligned_models(config.fr.surrogates))
+  target_eval, eval_aligned, _ = read_target(config.target.eval_photo,
+                                             config.target.eval_crop, upsample,
+                                             registry.aligned_models(fr_params))
   eval_emb = protect.target_embeddings(tuple(fr_params), fr_params, jnp.asarray(target_eval),
                                        eval_aligned)
   descriptions = {"generator": gen.description, "lpips": lpips_desc, "clip": clip_desc,

@@ -132,7 +132,8 @@ def run_pgd(base, root, photos_dir, target, evaluation, surrogates, victim, fr_p
   crops = {k: jnp.asarray(v) for k, v in
            pipeline.face_crops(names, aligned, np.stack(boxes).astype(np.float32)).items()}
   x0 = jnp.asarray(aligned, jnp.float32) / 255.0
-  tgt_crop, tgt_aligned = pipeline.read_target(target, (), 1, registry.aligned_models(names))
+  tgt_crop, tgt_aligned, _ = pipeline.read_target(target, (), 1,
+                                                   registry.aligned_models(names))
   target_emb = protect.target_embeddings(surrogates, params, jnp.asarray(tgt_crop),
                                          tgt_aligned)
   adv = baselines.pgd_linf(params, tuple(surrogates), x0,
@@ -142,8 +143,8 @@ def run_pgd(base, root, photos_dir, target, evaluation, surrogates, victim, fr_p
   adv_u8 = np.asarray(jnp.round(adv * 255)).astype(np.uint8)
   images = {"original": aligned / 255.0, "reconstruction": aligned / 255.0,
             "protected": adv_u8 / 255.0}
-  eval_crop, eval_aligned = pipeline.read_target(evaluation, (), 1,
-                                                 registry.aligned_models((victim, *surrogates)))
+  eval_crop, eval_aligned, _ = pipeline.read_target(
+      evaluation, (), 1, registry.aligned_models((victim, *surrogates)))
   eval_emb = {k: np.asarray(v) for k, v in protect.target_embeddings(
       names, params, jnp.asarray(eval_crop), eval_aligned).items()}
   sims = ev.fr_similarities(params, images, {k: np.asarray(v) for k, v in crops.items()},
