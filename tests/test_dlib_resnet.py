@@ -10,6 +10,7 @@ Skips when the checkpoint files or dlib are missing.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,10 @@ import pytest
 from clip2protect_jax.convert import dlib_resnet as convert
 from clip2protect_jax.convert.common import WeightsMismatchError
 from clip2protect_jax.models.face.dlib_resnet import DlibResNet
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tools"))
+import parity_dlib_resnet as parity_tool  # noqa: E402
 
 WEIGHTS = "checkpoints/face-api"
 PHOTOS = {"biden": "assets/photos/sources/biden.jpg",
@@ -50,50 +55,27 @@ def params():
 
 
 @pytest.fixture(scope="module")
-def dlib_mod():
-  dlib = pytest.importorskip("dlib")
+def faces(params):
+  """(names, uint8 chips [N,150,150,3], dlib descriptors [N,128], ours [N,128]), through the
+  parity tool's own steps (tools/parity_dlib_resnet.py), detector upsample 0 for speed."""
+  pytest.importorskip("dlib")
   from clip2protect_jax import align
   try:
-    sp = dlib.shape_predictor(align.predictor_path("shape_predictor_5_face_landmarks.dat"))
-    fr = dlib.face_recognition_model_v1(
-        align.predictor_path("dlib_face_recognition_resnet_model_v1.dat"))
+    align.dlib_descriptor_models()
   except align.FaceAlignmentError as e:
     pytest.skip(f"dlib model files missing: {e}")
-  return dlib, sp, fr
-
-
-@pytest.fixture(scope="module")
-def faces(params, dlib_mod):
-  """(names, uint8 chips [N,150,150,3], dlib descriptors [N,128], ours [N,128])."""
-  from clip2protect_jax import image_io
-  dlib, sp, fr = dlib_mod
-  detector = dlib.get_frontal_face_detector()
   paths = dict(PHOTOS)
   if os.path.isdir(DEEPFACE):
     paths.update({f: os.path.join(DEEPFACE, f) for f in DEEPFACE_PICK
                   if os.path.isfile(os.path.join(DEEPFACE, f))})
-  names, chips = [], []
-  for name, path in paths.items():
-    if not os.path.isfile(path):
-      continue
-    img = np.ascontiguousarray(image_io.read_rgb(path))
-    rects = detector(img, 0)
-    if not rects:
-      continue
-    rect = max(rects, key=lambda r: r.area())
-    chips.append(dlib.get_face_chip(img, sp(img, rect), size=150, padding=0.25))
-    names.append(name)
+  found, chips = parity_tool.face_chips([p for p in paths.values() if os.path.isfile(p)], 0)
+  names = [n for n, p in paths.items() if p in found]
   if not set(PHOTOS) <= set(names):
     pytest.skip(f"example photos missing or without a face: run python tools/fetch_assets.py "
                 f"(have {names})")
-  chips = np.stack(chips)[:BATCH]
-  names = names[:BATCH]
-  ref = np.array([np.array(fr.compute_face_descriptor(np.ascontiguousarray(c))) for c in chips])
-  x = np.zeros((BATCH, 150, 150, 3), np.float32)
-  x[:len(chips)] = chips
-  fn = jax.jit(lambda p, x: DlibResNet().apply({"params": p}, x))
-  ours = np.asarray(fn(params, x), np.float64)[:len(chips)]
-  return names, chips, ref, ours
+  chips, names = chips[:BATCH], names[:BATCH]
+  return (names, chips, parity_tool.dlib_descriptors(chips),
+          parity_tool.flax_descriptors(params, chips, BATCH))
 
 
 def test_param_tree_matches_init(params):

@@ -72,7 +72,7 @@ def test_dlib_chip_geometry_matches_dlib_get_face_chip():
   t = fr_align.dlib_chip_transform(photo, box)
   assert np.sqrt(abs(np.linalg.det(t[:, :2]))) < 2.0
   rect = dlib.rectangle(*box)
-  chip = dlib.get_face_chip(photo, fr_align._shape_predictor_5()(photo, rect), 150, 0.25)  # noqa: SLF001
+  chip = dlib.get_face_chip(photo, align.dlib_descriptor_models()[0](photo, rect), 150, 0.25)
   ours = np.asarray(fr_align.warp_affine(jnp.asarray(photo[None], jnp.float32), t[None],
                                          (150, 150)))[0]
   assert np.abs(ours - chip).mean() < 1.0

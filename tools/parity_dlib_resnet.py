@@ -39,7 +39,7 @@ def face_chips(paths: list[str], upsample: int = 1) -> tuple[list[str], np.ndarr
 
   from clip2protect_jax import align, image_io
   detector = dlib.get_frontal_face_detector()
-  sp = dlib.shape_predictor(align.predictor_path("shape_predictor_5_face_landmarks.dat"))
+  sp, _ = align.dlib_descriptor_models()
   names, chips = [], []
   for path in paths:
     img = np.ascontiguousarray(image_io.read_rgb(path))
@@ -54,11 +54,8 @@ def face_chips(paths: list[str], upsample: int = 1) -> tuple[list[str], np.ndarr
 
 def dlib_descriptors(chips: np.ndarray) -> np.ndarray:
   """dlib C++ descriptors [N, 128] float64 of aligned 150x150 uint8 chips."""
-  import dlib
-
   from clip2protect_jax import align
-  fr = dlib.face_recognition_model_v1(
-      align.predictor_path("dlib_face_recognition_resnet_model_v1.dat"))
+  _, fr = align.dlib_descriptor_models()
   return np.array([np.array(fr.compute_face_descriptor(np.ascontiguousarray(c)))
                    for c in chips], np.float64)
 

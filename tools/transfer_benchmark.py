@@ -159,15 +159,11 @@ def run_pgd(base, root, photos_dir, target, evaluation, surrogates, victim, fr_p
     desc = {"original": ev.dlib_descriptor(photos[j], photo_boxes[j]),
             "protected": ev.dlib_descriptor(pasted, photo_boxes[j])}
     desc["reconstruction"] = desc["original"]
-    dlib_faces[fid] = {
-        "target_distance": {k: float(np.linalg.norm(d - target_desc)) for k, d in desc.items()},
-        "source_distance": {k: float(np.linalg.norm(d - desc["original"]))
-                            for k, d in desc.items()}}
+    dlib_faces[fid] = ev.dlib_distances(desc, target_desc)
     records.append({
         "id": fid, "psnr": {"protected_vs_original": ev.psnr(images["protected"][j],
                                                              images["original"][j])},
-        "similarity": {m: {ref: {k: float(v[j]) for k, v in by.items()}
-                           for ref, by in per.items()} for m, per in sims.items()}})
+        "similarity": ev.face_similarities(sims, j)})
   config = latent_config(base, photos_dir, target, evaluation, surrogates, (victim,),
                          FLAGS.mode)
   metrics = ev.metrics(config, records, {"threshold": ev.DLIB_DISTANCE_THRESHOLD,
