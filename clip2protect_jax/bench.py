@@ -1,31 +1,78 @@
 """Timing helpers for the benchmark tools (host side; prints nothing, asserts nothing)."""
 from __future__ import annotations
 
+import concurrent.futures
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Hashable, Mapping
 
 import jax
 
 
-def compile_and_time(fn: Callable, args: tuple, iters: int,
-                     carry: Callable[[Any, tuple], tuple] | None = None) -> dict[str, float]:
-  """AOT-compiles jitted `fn` for `args`, runs it once (warm-up) and `iters` times.
+def compile_fn(fn: Callable, args: tuple) -> tuple[Any, dict[str, float]]:
+  """AOT-compiles jitted `fn` for `args` (arrays or jax.ShapeDtypeStruct).
 
-  carry(out, args) -> next args, for steps that donate their state (default: same args).
-  Returns compile_s, seconds (per call, steady state), flops (XLA cost analysis, per call),
-  tflops (achieved), and the executable's memory (argument/output/temp bytes).
+  Returns (compiled, info): compile_s (tracing included), flops (XLA cost analysis, per
+  call) and the executable's memory (argument/output/temp bytes).
   """
   t0 = time.perf_counter()
   lowered = fn.lower(*args)
+  return _compile_lowered(lowered, time.perf_counter() - t0)
+
+
+def _compile_lowered(lowered: Any, lower_s: float) -> tuple[Any, dict[str, float]]:
+  t0 = time.perf_counter()
   compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
-  flops = _flops(lowered)
+  info = {"compile_s": lower_s + time.perf_counter() - t0, "flops": _flops(lowered)}
   try:
     mem = compiled.memory_analysis()
-    memory = {k: float(getattr(mem, k + "_in_bytes", float("nan")))
-              for k in ("argument_size", "output_size", "temp_size")}
+    info.update({f"{k}_bytes": float(getattr(mem, k + "_in_bytes", float("nan")))
+                 for k in ("argument_size", "output_size", "alias_size", "temp_size")})
   except Exception:  # noqa: BLE001 (not every backend reports it)
-    memory = {}
+    pass
+  return compiled, info
+
+
+def compile_many(jobs: Mapping[Hashable, tuple[Callable, tuple]], workers: int,
+                 log: Callable[[str], None] = lambda message: None
+                 ) -> dict[Hashable, tuple[Any, dict[str, float]] | Exception]:
+  """compile_fn for every job; workers > 1 runs that many XLA compilations at a time in
+  threads (XLA compiles outside the GIL), 1 compiles on this thread. Lowering (tracing)
+  always stays on this thread. A job that fails to lower or compile maps to its exception.
+  log(message) hears when each job starts and ends compiling (a cut run shows where)."""
+  lowered, out = {}, {}
+  for key, (fn, args) in jobs.items():
+    try:
+      t0 = time.perf_counter()
+      lowered[key] = (fn.lower(*args), time.perf_counter() - t0)
+      log(f"lowered {key} in {lowered[key][1]:.1f} s")
+    except Exception as e:  # noqa: BLE001 (recorded per job)
+      out[key] = e
+
+  def compile_one(key):
+    log(f"compiling {key}")
+    result = _compile_lowered(*lowered[key])
+    log(f"compiled {key} in {result[1]['compile_s']:.1f} s")
+    return result
+
+  def guarded(key):
+    try:
+      return compile_one(key)
+    except Exception as e:  # noqa: BLE001
+      return e
+
+  if workers <= 1:
+    return {**out, **{key: guarded(key) for key in lowered}}
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    futures = {key: pool.submit(guarded, key) for key in lowered}
+    return {**out, **{key: fut.result() for key, fut in futures.items()}}
+
+
+def time_compiled(compiled: Any, args: tuple, iters: int,
+                  carry: Callable[[Any, tuple], tuple] | None = None) -> float:
+  """Runs `compiled` once (warm-up) and `iters` times; seconds per call, steady state.
+
+  carry(out, args) -> next args, for steps that donate their state (default: same args).
+  """
   step = carry or (lambda out, a: a)
   out = jax.block_until_ready(compiled(*args))
   args = step(out, args)
@@ -34,9 +81,21 @@ def compile_and_time(fn: Callable, args: tuple, iters: int,
     out = compiled(*args)
     args = step(out, args)
   jax.block_until_ready(out)
-  dt = (time.perf_counter() - t0) / iters
-  return {"compile_s": compile_s, "seconds": dt, "flops": flops,
-          "tflops": flops / dt / 1e12, **{f"{k}_bytes": v for k, v in memory.items()}}
+  return (time.perf_counter() - t0) / iters
+
+
+def compile_and_time(fn: Callable, args: tuple, iters: int,
+                     carry: Callable[[Any, tuple], tuple] | None = None) -> dict[str, float]:
+  """compile_fn + time_compiled: compile_s, seconds (per call), flops, tflops (achieved),
+  memory bytes."""
+  compiled, info = compile_fn(fn, args)
+  return with_rate(info, time_compiled(compiled, args, iters, carry))
+
+
+def with_rate(info: dict[str, Any], seconds: float) -> dict[str, Any]:
+  """info + seconds (per call) + tflops (achieved; NaN without a FLOP count)."""
+  return {**info, "seconds": seconds,
+          "tflops": info.get("flops", float("nan")) / seconds / 1e12}
 
 
 def _flops(lowered) -> float:
@@ -54,3 +113,155 @@ def peak_device_bytes() -> float:
   """The device's peak allocated bytes so far (GPU/TPU), NaN where unsupported (CPU)."""
   stats = jax.devices()[0].memory_stats() or {}
   return float(stats.get("peak_bytes_in_use", float("nan")))
+
+
+def device_memory_bytes() -> float:
+  """The memory the device's allocator may use (GPU/TPU), NaN where unknown (CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return float(stats.get("bytes_limit", float("nan")))
+
+
+def hlo_op_lines(compiled: Any) -> dict[str, str]:
+  """Instruction name -> its line, for every instruction of the compiled (optimised) HLO."""
+  lines = {}
+  for line in compiled.as_text().splitlines():
+    head = line.strip().removeprefix("ROOT ")
+    name, sep, _ = head.partition(" = ")
+    if sep and " " not in name:
+      lines[name.lstrip("%")] = head
+  return lines
+
+
+def hlo_category(line: str) -> str:
+  """A coarse kind for one optimised-HLO instruction line (GPU names; CPU falls to opcode)."""
+  kinds = (("convBackwardFilter", "conv, weight gradient (cuDNN)"),
+           ("convBackwardInput", "conv, input gradient (cuDNN)"),
+           ("convForward", "conv, forward (cuDNN)"),
+           ("__cudnn$fusion", "cuDNN fusion"),
+           ("__cublas", "matmul (cuBLAS)"), ("gemm", "matmul (cuBLAS)"),
+           (" convolution(", "convolution"), (" dot(", "dot"),
+           ("kind=kLoop", "loop fusion (elementwise)"),
+           ("kind=kInput", "input fusion (reduction)"), ("kind=kOutput", "output fusion"),
+           (" copy(", "copy / layout change"), (" transpose(", "copy / layout change"),
+           ("custom-call", "other custom call"), (" fusion(", "other fusion"))
+  return next((kind for key, kind in kinds if key in line), "other")
+
+
+def kernel_profile(compiled: Any, args: tuple, calls: int, trace_dir: str,
+                   carry: Callable[[Any, tuple], tuple] | None = None) -> list[dict[str, Any]]:
+  """Device time per HLO instruction over `calls` calls of `compiled`, from a
+  jax.profiler trace written to `trace_dir` (after one warm-up call).
+
+  Returns rows sorted by time: op, category (hlo_category), ms_per_call, launches per call,
+  the first kernel names, and the instruction's HLO (first 400 characters). Events are
+  taken from the device planes (GPU/TPU); on CPU, from the host threads that run XLA ops.
+  """
+  import collections
+  import glob
+  import os
+  step = carry or (lambda out, a: a)
+  out = jax.block_until_ready(compiled(*args))
+  args = step(out, args)
+  with jax.profiler.trace(trace_dir):
+    for _ in range(calls):
+      out = compiled(*args)
+      args = step(out, args)
+    jax.block_until_ready(out)
+  paths = sorted(glob.glob(os.path.join(glob.escape(trace_dir), "**", "*.xplane.pb"),
+                           recursive=True),
+                 key=os.path.getmtime)
+  data = jax.profiler.ProfileData.from_file(paths[-1])
+  planes = [p for p in data.planes if p.name.startswith("/device:")] or [
+      p for p in data.planes if p.name.startswith("/host:CPU")]
+  total = collections.defaultdict(float)
+  launches = collections.Counter()
+  kernels = collections.defaultdict(list)
+  device = any(p.name.startswith("/device:") for p in planes)
+  for plane in planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        op = stats.get("hlo_op") or _annotated_op(stats)
+        if not op and device and event.duration_ns > 0:   # a kernel without an HLO name
+          op = "kernel " + event.name[:80]
+        if not op:
+          continue
+        total[op] += event.duration_ns
+        launches[op] += 1
+        if event.name not in kernels[op] and len(kernels[op]) < 3:
+          kernels[op].append(event.name)
+  lines = hlo_op_lines(compiled)
+  rows = [{"op": op, "category": hlo_category(lines.get(op, "")),
+           "source": _source_op(lines.get(op, "")),
+           "ms_per_call": ns / 1e6 / calls, "launches_per_call": launches[op] / calls,
+           "kernels": kernels[op], "hlo": lines.get(op, "")[:400]}
+          for op, ns in total.items()]
+  return sorted(rows, key=lambda r: -r["ms_per_call"])
+
+
+def _annotated_op(stats: dict[str, Any]) -> str | None:
+  """The HLO op named in an XLA annotation stat ('...#hlo_op=fusion.3,hlo_module=...#')."""
+  for value in stats.values():
+    if isinstance(value, str) and "hlo_op=" in value:
+      return value.split("hlo_op=", 1)[1].split(",", 1)[0].split("#", 1)[0]
+  return None
+
+
+def tune_step_case(generator: Any, lpips_model: Any, lpips_vars: Any, gen_params: Any,
+                   schedule: str, batch: int) -> tuple[Callable, Callable[[], tuple], Callable]:
+  """The jitted stage-1 step of `schedule` at `batch` on random inputs (speed only).
+
+  Returns (step, make_args, carry): make_args() allocates the step's arguments (one
+  parameter copy per image for per_image, one shared set for joint; jax.eval_shape of it
+  gives the abstract arguments for compiling), carry(out, args) the next call's arguments.
+  """
+  import jax.numpy as jnp
+
+  from clip2protect_jax import tuning
+  from clip2protect_jax.models import stylegan2
+  settings = tuning.TuningSettings(steps=0, schedule=schedule)
+  optimizer = tuning.make_optimizer(settings)
+  size = generator.size
+
+  def make_args():
+    wplus0 = jax.random.normal(jax.random.key(1), (batch, generator.n_latent,
+                                                   generator.style_dim))
+    noise = stylegan2.make_noise(jax.random.key(2), size, batch)
+    targets = jax.random.uniform(jax.random.key(4), (batch, size, size, 3), minval=-1,
+                                 maxval=1)
+    if schedule == "joint":
+      p = jax.tree_util.tree_map(jnp.copy, gen_params)
+      return (p, optimizer.init(p), wplus0, noise, targets, jnp.ones((batch,)), lpips_vars)
+    p = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape), gen_params)
+    return (p, jax.vmap(optimizer.init)(p), wplus0, noise, targets, lpips_vars)
+
+  def carry(out, args):   # params and optimiser state are donated: feed the new ones
+    return (out[0], out[1]) + tuple(args[2:])
+
+  return tuning.compiled_step(generator, lpips_model, settings), make_args, carry
+
+
+def print_kernel_profile(title: str, rows: list[dict[str, Any]], batch: int, top: int
+                         ) -> dict[str, float]:
+  """Prints kernel_profile's rows summed by category, then the `top` instructions; returns
+  ms per call by category."""
+  import collections
+  by_kind = collections.defaultdict(float)
+  for r in rows:
+    by_kind[r["category"]] += r["ms_per_call"]
+  traced = sum(by_kind.values()) or float("nan")
+  print(f"\n{title}: device ops {traced:.2f} ms/call ({traced / batch:.2f} ms/image)")
+  for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+    print(f"  {kind:<34} {ms:9.2f} ms/call {100 * ms / traced:5.1f}%")
+  for r in rows[:top]:
+    shape = r["hlo"].partition(" = ")[2].partition(" ")[0]
+    print(f"  {r['ms_per_call']:8.3f} ms x{r['launches_per_call']:<4.0f} {r['category']:<30} "
+          f"{shape[:40]:<40} {r['source'][-90:]}")
+  print(flush=True)
+  return dict(by_kind)
+
+
+def _source_op(line: str) -> str:
+  """The JAX-level op name in an HLO line's metadata (which module/layer it came from)."""
+  _, sep, rest = line.partition('op_name="')
+  return rest.partition('"')[0] if sep else ""

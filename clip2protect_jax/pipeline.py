@@ -7,7 +7,8 @@ skips finished work):
 1. align + invert (inversion.run): invert/aligned/*.png at generator resolution,
    invert/latents/*.npz, invert/invert.npz.
 2. per batch of `config.batch_size` faces, in one process (no generator is ever written):
-   tune (tuning.tune: one generator copy per face, or the official cumulative schedule),
+   tune (tuning.tune: one generator copy per face, the official cumulative schedule, or
+   the joint fast mode's one generator per batch),
    protect (protect.protect: one vmapped, jitted step for the batch), evaluate (cosine
    similarities of every FR model, and dlib's descriptor distance, for the original, the
    reconstruction and the protected face). Writes protect/faces/<id>.png (protected),
@@ -240,8 +241,9 @@ def face_noise(config, fid: str, latents_npz: str) -> list[np.ndarray]:
 # ------------------------------------------------------------------ one batch
 
 @functools.lru_cache(maxsize=4)
-def _draw_fn(generator: stylegan2.Generator):
-  return jax.jit(jax.vmap(lambda p, w, nz: protect.render(generator, p, w, nz)))
+def _draw_fn(generator: stylegan2.Generator, per_image_generator: bool):
+  return jax.jit(jax.vmap(lambda p, w, nz: protect.render(generator, p, w, nz),
+                          in_axes=(0 if per_image_generator else None, 0, 0)))
 
 
 def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str,
@@ -272,21 +274,23 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
                         wplus0[:n], [m[:n] for m in noise], sources01[:n] * 2 - 1, carry)
     params = jax.tree_util.tree_map(lambda x: pad(np.asarray(x)), tuned.params)
   else:
+    real = (np.arange(bs) < n).astype(np.float32)  # joint: padding must not pull the generator
     tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
-                        wplus0, noise, sources01 * 2 - 1)
+                        wplus0, noise, sources01 * 2 - 1, weights=real)
     params = tuned.params
-  recon = _draw_fn(gen.model)(params, wplus0, noise)
+  recon = _draw_fn(gen.model, tuned.per_image)(params, wplus0, noise)
   jax.block_until_ready(recon)
   t1 = time.perf_counter()
 
   settings = protect_settings(config)
   consts = protect.prepare_constants(
-      loaded.models, settings, params, True, wplus0, noise,
+      loaded.models, settings, params, tuned.per_image, wplus0, noise,
       {k: crops[k] for k in ("box", *registry.aligned_models(settings.surrogates))},
       sources01, jnp.asarray(loaded.target_crop01), loaded.shared, keys,
       loaded.target_aligned01)
   protected, state, history = protect.protect(loaded.models, settings, params, consts,
-                                              loaded.shared, per_image_generator=True)
+                                              loaded.shared,
+                                              per_image_generator=tuned.per_image)
   jax.block_until_ready(protected)
   t2 = time.perf_counter()
 
@@ -306,7 +310,7 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
         "photo_box": [float(v) for v in arrays["boxes"][i]],
         "corners": np.asarray(arrays["corners"][i]).tolist(),
         "valid": np.asarray(arrays["valid"][i]).tolist(),
-        "tune": {"steps": ts.steps, "first_loss": float(tuned.losses[0, j]),
+        "tune": {"steps": ts.steps, "schedule": ts.schedule, "first_loss": float(tuned.losses[0, j]),
                  "final_loss": float(tuned.losses[-1, j])},
         "protect": {k: float(v[-1, j]) for k, v in history.items()} if history else {},
         "psnr": {"reconstruction_vs_original": evaluation.psnr(images["reconstruction"][j],

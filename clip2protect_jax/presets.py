@@ -43,6 +43,7 @@ def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
       dtype="float32",          # convolution compute dtype: float32 | bfloat16
       precision="default",      # lax precision: default | high | highest
       upsample_impl="dilated",  # dilated (as torch) | subpixel (same function, one conv)
+      conv_impl="xla",          # xla | tapwise (same function, per-tap weight gradients)
       # Converted checkpoint folder, or "random" for the constructor's init (seeded).
       weights=STYLEGAN2_FFHQ,
   ))
@@ -78,7 +79,7 @@ def protect_config(arg: str = "", official: bool = False) -> ml_collections.Conf
   # -- stage 1: pivotal tuning (REFERENCE.md section 3)
   c.tune = ml_collections.ConfigDict(dict(
       steps=150, learning_rate=5e-4, loss_resolution=256, mse_weight=0.1, lpips_weight=1.0,
-      schedule="per_image",           # per_image | cumulative (official quirk 1)
+      schedule="per_image",  # per_image | cumulative (official quirk 1) | joint (fast mode)
       lpips_weights=LPIPS_VGG))
 
   # -- stage 2: adversarial latent search (REFERENCE.md sections 4-5)

@@ -4,14 +4,19 @@ Per image: ALL generator parameters are optimised with Adam (lr 5e-4, torch's de
 betas/eps) for 150 steps on LPIPS-VGG(x_hat, x) + 0.1 * MSE, both images first resized to
 256x256 by torch's legacy nearest, around the image's fixed W+ code with frozen noise.
 
-Two schedules:
+Three schedules:
   per_image  (corrected default, standard PTI): every image starts from the pretrained
              generator with a fresh optimiser; a batch is one vmapped, jitted step over
              per-image parameter copies.
   cumulative (official quirk 1): one generator and one Adam state are carried from image
              to image in order, so image k starts from the generator tuned on 0..k-1.
-Both return one tuned parameter set per image (a pytree with a leading image axis): stage 2
-needs exactly that, and nothing is pickled.
+  joint      (fast mode, off by default): ONE generator copy and one Adam state per batch,
+             tuned on the mean of the batch's per-image losses. Every convolution then has
+             shared weights (a plain batched conv instead of one weight copy per image), so
+             it scales with batch size; a face's result depends on its batch-mates.
+per_image and cumulative return one tuned parameter set per image (a pytree with a leading
+image axis); joint returns the single shared set (TuneResult.per_image False), which stage 2
+runs unbatched. Nothing is pickled.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from clip2protect_jax.models.lpips import LPIPS
 from clip2protect_jax.models.stylegan2 import Generator
 
 Array = jax.Array
+SCHEDULES = ("per_image", "cumulative", "joint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +43,11 @@ class TuningSettings:
   loss_resolution: int = 256       # both images are nearest-resized to this before the loss
   mse_weight: float = 0.1
   lpips_weight: float = 1.0        # 0: MSE only (no LPIPS network is run)
-  schedule: str = "per_image"      # per_image | cumulative (official quirk 1)
+  schedule: str = "per_image"      # per_image | cumulative (official quirk 1) | joint (fast)
 
   def __post_init__(self):
-    if self.schedule not in ("per_image", "cumulative"):
-      raise ValueError(f"tuning schedule must be 'per_image' or 'cumulative', got "
-                       f"{self.schedule!r}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"tuning schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
 def make_optimizer(settings: TuningSettings) -> optax.GradientTransformation:
@@ -73,10 +78,41 @@ def make_image_step(generator: Generator, lpips_model: LPIPS,
   return step
 
 
+def make_joint_step(generator: Generator, lpips_model: LPIPS,
+                    settings: TuningSettings) -> Callable:
+  """One Adam step of ONE generator on a whole batch (schedule 'joint').
+
+  (gen_params, opt_state, wplus0 [B, n_latent, D], noise [B, r, r, 1] maps, targets
+  [B, H, W, 3] in [-1, 1], weights [B] (1 = a real face, 0 = batch padding), lpips_params)
+  -> (gen_params, opt_state, per-image losses [B] before the update). The loss optimised is
+  the weighted mean of the per-image losses.
+  """
+  optimizer = make_optimizer(settings)
+
+  def loss_fn(gen_params, wplus0, noise, targets, weights, lpips_params):
+    x_hat = generator.apply({"params": gen_params}, wplus0, list(noise))
+    per_image = lpips_mse_loss(lpips_model, lpips_params, x_hat, targets,
+                               size=settings.loss_resolution, mse_weight=settings.mse_weight,
+                               lpips_weight=settings.lpips_weight)
+    return jnp.sum(per_image * weights) / jnp.sum(weights), per_image
+
+  def step(gen_params, opt_state, wplus0, noise, targets, weights, lpips_params):
+    (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        gen_params, wplus0, noise, targets, weights, lpips_params)
+    updates, opt_state = optimizer.update(grads, opt_state, gen_params)
+    return optax.apply_updates(gen_params, updates), opt_state, losses
+
+  return step
+
+
 @functools.lru_cache(maxsize=8)
-def _compiled_step(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
-                   batched: bool) -> Callable:
-  """The jitted step, cached so that every batch of a job reuses one compilation."""
+def compiled_step(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
+                  batched: bool = True) -> Callable:
+  """The jitted step of `settings.schedule`, cached so that every batch of a job reuses one
+  compilation. per_image: the image step vmapped over parameter copies (batched) or alone;
+  joint: make_joint_step. Params and optimiser state are donated."""
+  if settings.schedule == "joint":
+    return jax.jit(make_joint_step(generator, lpips_model, settings), donate_argnums=(0, 1))
   step = make_image_step(generator, lpips_model, settings)
   if batched:
     return jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None)), donate_argnums=(0, 1))
@@ -88,26 +124,40 @@ def _stack(trees: Sequence[Any]) -> Any:
 
 
 class TuneResult(NamedTuple):
-  params: Any        # tuned generator params, leading image axis [N, ...]
+  params: Any        # tuned generator params: leading image axis [N, ...] if per_image
   losses: Array      # [steps, N]
   carry: Any         # cumulative schedule: (params, opt_state) after the last image; else None
+  per_image: bool = True   # False (joint): params is ONE set shared by the N images
 
 
 def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
          gen_params: Any, lpips_params: Any, wplus0: Array, noise: Sequence[Array],
-         targets: Array, carry: Any = None) -> TuneResult:
+         targets: Array, carry: Any = None, weights: Array | None = None) -> TuneResult:
   """Tunes the generator on N images.
 
   gen_params: the pretrained params (shared); wplus0 [N, n_latent, D]; noise: maps
   [N, r, r, 1] (frozen, one set per image); targets [N, H, W, 3] in [-1, 1].
   carry (cumulative only): (params, opt_state) returned by the previous batch's call, so a
   job split into batches tunes exactly as one long sequence; None starts from gen_params.
+  weights (joint only): [N], 0 for batch padding that must not pull the shared generator;
+  None = all 1.
   """
   optimizer = make_optimizer(settings)
   n = wplus0.shape[0]
   step_settings = dataclasses.replace(settings, steps=0)  # one compilation for any steps
+  if settings.schedule == "joint":
+    joint = compiled_step(generator, lpips_model, step_settings)
+    weights = jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights,
+                                                                             jnp.float32)
+    params = jax.tree_util.tree_map(jnp.copy, gen_params)   # the step donates its params
+    opt_state, losses = optimizer.init(params), []
+    for _ in range(settings.steps):
+      params, opt_state, loss = joint(params, opt_state, wplus0, list(noise), targets,
+                                      weights, lpips_params)
+      losses.append(loss)
+    return TuneResult(params, jnp.stack(losses), None, per_image=False)
   if settings.schedule == "per_image":
-    batched = _compiled_step(generator, lpips_model, step_settings, batched=True)
+    batched = compiled_step(generator, lpips_model, step_settings, batched=True)
     params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape),
                                     gen_params)
     opt_state = jax.vmap(optimizer.init)(params)
@@ -118,7 +168,7 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
       losses.append(loss)
     return TuneResult(params, jnp.stack(losses), None)
 
-  single = _compiled_step(generator, lpips_model, step_settings, batched=False)
+  single = compiled_step(generator, lpips_model, step_settings, batched=False)
   params, opt_state = carry if carry is not None else (gen_params, optimizer.init(gen_params))
   snapshots, losses = [], []
   for i in range(n):  # official: the generator and Adam state carry over to image i+1

@@ -32,7 +32,8 @@ def generator_from_config(cfg) -> stylegan2.Generator:
       channel_multiplier=cfg.channel_multiplier, channel_max=cfg.channel_max,
       blur_kernel=tuple(cfg.blur_kernel), lr_mlp=cfg.lr_mlp, dtype=jnp.dtype(cfg.dtype),
       precision=_precision(cfg.precision),
-      upsample_impl=cfg.get("upsample_impl", "dilated"))
+      upsample_impl=cfg.get("upsample_impl", "dilated"),
+      conv_impl=cfg.get("conv_impl", "xla"))
 
 
 def stylegan2_arch(model: stylegan2.Generator) -> dict[str, Any]:

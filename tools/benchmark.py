@@ -8,8 +8,13 @@ image, images/s, XLA's FLOP count, achieved TFLOP/s and the executable's memory.
   synth         forward synthesis W+ -> image
   grad_wplus    d loss / d W+ and noise (shared generator params)
   grad_params   d loss / d ALL generator params, one param copy PER IMAGE via vmap
-  tune_step     the real stage-1 step (tuning.py): per-image generator copies, LPIPS-VGG +
-                0.1 MSE at 256, Adam update (random LPIPS weights)
+  tune_step     the real stage-1 step (tuning.py), for every --schedules (per_image: one
+                generator copy per image; joint: the fast mode's one shared generator) and
+                --upsample_impls: LPIPS-VGG + 0.1 MSE at 256, Adam update (random LPIPS
+                weights). The configurations of one batch size are compiled together,
+                --compile_workers at a time, then timed one by one; --max_batch adds the
+                largest batch that the compiled memory says fits; --profile_batches breaks
+                the step down by HLO instruction (device time from a profiler trace).
   protect_step  the real stage-2 step (protect.py): per-image tuned generators, CLIP
                 (--clip_preset) with random perspective, --surrogates FR models, Adam
   end_to_end    one batch through tuning.tune (150 steps) + protect.prepare_constants +
@@ -21,6 +26,7 @@ On GPU, fp32 uses --precision (default: 'default', i.e. TF32 where the card allo
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -41,7 +47,16 @@ flags.DEFINE_list("modes", ["synth", "grad_wplus", "grad_params"],
 flags.DEFINE_integer("iters", 5, "Timed calls after warm-up.")
 flags.DEFINE_string("precision", "default", "lax precision: default | high | highest.")
 flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture).")
-flags.DEFINE_string("upsample_impl", "dilated", "Generator upsampling: dilated | subpixel.")
+flags.DEFINE_list("upsample_impls", ["dilated"], "Generator upsampling: dilated, subpixel.")
+flags.DEFINE_string("conv_impl", "xla", "Generator stride-1 convs: xla | tapwise.")
+flags.DEFINE_list("schedules", ["per_image"], "tune_step: tuning schedules (per_image, joint).")
+flags.DEFINE_integer("compile_workers", 1, "tune_step: XLA compilations run at a time.")
+flags.DEFINE_list("profile_batches", [], "tune_step: batch sizes whose step is also traced "
+                  "(jax.profiler) and broken down by HLO instruction.")
+flags.DEFINE_integer("profile_top", 25, "tune_step: instructions printed per profile.")
+flags.DEFINE_string("trace_dir", "/tmp/benchmark_trace", "tune_step: profiler output.")
+flags.DEFINE_bool("max_batch", False, "tune_step: also time the largest batch (a multiple "
+                  "of 8) that the two largest --batch_sizes' memory predicts to fit.")
 flags.DEFINE_string("clip_preset", "ViT-B/32", "CLIP architecture for protect_step.")
 flags.DEFINE_list("surrogates", ["ir152", "irse50", "mobile_face"], "FR surrogates.")
 flags.DEFINE_integer("tune_steps", 150, "end_to_end: stage-1 steps.")
@@ -93,10 +108,10 @@ def main(argv):
     golden_precision_report(FLAGS.golden, precision)
   outputs, results = {}, []
   gen_modes = [m for m in FLAGS.modes if m in ("synth", "grad_wplus", "grad_params")]
-  for dtype in FLAGS.dtypes:
+  for dtype, impl in itertools.product(FLAGS.dtypes, FLAGS.upsample_impls):
     model = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
                                 dtype=jnp.dtype(dtype), precision=precision,
-                                upsample_impl=FLAGS.upsample_impl)
+                                upsample_impl=impl, conv_impl=FLAGS.conv_impl)
     for mode in gen_modes:
       for bs in map(int, FLAGS.batch_sizes):
         wplus = jax.random.normal(jax.random.key(1), (bs, model.n_latent, model.style_dim))
@@ -106,33 +121,141 @@ def main(argv):
           args = (p, wplus, noise)
         else:
           args = (params, wplus, noise)
-        r = report(mode, dtype, bs, bench.compile_and_time(make_fn(model, mode), args,
-                                                           FLAGS.iters))
+        r = report(f"{mode}[{impl}]", dtype, bs,
+                   bench.compile_and_time(make_fn(model, mode), args, FLAGS.iters))
         results.append(r)
         if mode == "synth":
-          outputs[(dtype, bs)] = np.asarray(make_fn(model, mode)(*args))
-  pipeline_modes = [m for m in FLAGS.modes if m in PIPELINE_MODES]
+          outputs[(dtype, impl, bs)] = np.asarray(make_fn(model, mode)(*args))
+  if "tune_step" in FLAGS.modes:   # written after every batch size: a cut run keeps them
+    results += tune_step_benchmarks(precision, lambda rs: write_json(results + rs))
+  pipeline_modes = [m for m in FLAGS.modes if m in ("protect_step", "end_to_end")]
   if pipeline_modes:
     results += pipeline_benchmarks(pipeline_modes, precision)
-  for (dtype, bs), img in outputs.items():
-    ref = outputs.get(("float32", bs))
-    if dtype != "float32" and ref is not None:
+  for (dtype, impl, bs), img in outputs.items():
+    ref = outputs.get(("float32", FLAGS.upsample_impls[0], bs))
+    if (dtype, impl) != ("float32", FLAGS.upsample_impls[0]) and ref is not None:
       scaled = np.abs(img - ref).max() / np.abs(ref).max()
       rel_l2 = np.linalg.norm(img - ref) / np.linalg.norm(ref)
-      print(f"{dtype} vs float32 synthesis, batch {bs}: scaled max error {scaled:.2e}, "
-            f"rel-L2 {rel_l2:.2e}")
+      print(f"{dtype} {impl} vs float32 {FLAGS.upsample_impls[0]} synthesis, batch {bs}: "
+            f"scaled max error {scaled:.2e}, rel-L2 {rel_l2:.2e}")
+  write_json(results)
   if FLAGS.json_out:
-    device = jax.devices()[0]
-    with open(FLAGS.json_out, "w") as f:
-      json.dump({"device": device.device_kind, "backend": jax.default_backend(),
-                 "jax": jax.__version__, "size": FLAGS.size, "precision": FLAGS.precision,
-                 "peak_device_bytes": bench.peak_device_bytes(), "results": results}, f,
-                indent=2)
     print(f"wrote {FLAGS.json_out}")
 
 
+def write_json(results: list[dict]) -> None:
+  """Writes --json_out (if set) with the device description and `results`."""
+  import jax
+  if not FLAGS.json_out:
+    return
+  with open(FLAGS.json_out, "w") as f:
+    json.dump({"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+               "jax": jax.__version__, "size": FLAGS.size, "precision": FLAGS.precision,
+               "peak_device_bytes": bench.peak_device_bytes(), "results": results}, f,
+              indent=2)
+
+
+def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]:
+  """The stage-1 step for every dtype x schedule x upsampling x batch size at --size.
+
+  Per batch size, compiles every configuration together (bench.compile_many, abstract
+  arguments: nothing is allocated), then times them one by one, allocating each one's state
+  only while it runs; progress(results so far) after each batch size.
+  """
+  import gc
+
+  import jax
+  import jax.numpy as jnp
+  from clip2protect_jax import weights
+  from clip2protect_jax.models import stylegan2
+  key = jax.random.key(0)
+  lpips_model, lpips_vars, _ = weights.load_lpips("random", key)
+  gens = {(dtype, impl): stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
+                                             dtype=jnp.dtype(dtype), precision=precision,
+                                             upsample_impl=impl, conv_impl=FLAGS.conv_impl)
+          for dtype, impl in itertools.product(FLAGS.dtypes, FLAGS.upsample_impls)}
+  params = stylegan2.init_params(next(iter(gens.values())), key)  # the same for every config
+  print(f"  [{time.strftime('%H:%M:%S')}] generator params initialised", flush=True)
+
+  def case(dtype, schedule, impl, bs):
+    return bench.tune_step_case(gens[(dtype, impl)], lpips_model, lpips_vars, params,
+                                schedule, bs)
+
+  groups = list(itertools.product(FLAGS.dtypes, FLAGS.schedules, FLAGS.upsample_impls))
+
+  def run(config, compiled_or_error):
+    dtype, schedule, impl, bs = config
+    label = f"tune_step[{schedule},{impl},{FLAGS.conv_impl}]"
+    extra = {}
+    if isinstance(compiled_or_error, Exception):
+      info, seconds = {"error": _short(compiled_or_error)}, float("nan")
+    else:
+      exe, info = compiled_or_error
+      _, make_args, carry = case(*config)
+      try:
+        seconds = bench.time_compiled(exe, make_args(), FLAGS.iters, carry)
+        if str(bs) in FLAGS.profile_batches:
+          name = f"{schedule}_{impl}_{dtype}_{bs}"
+          rows = bench.kernel_profile(exe, make_args(), 2, os.path.join(FLAGS.trace_dir, name),
+                                      carry)
+          extra = {"profile_ms_by_kind": bench.print_kernel_profile(
+              f"{label} {dtype} batch {bs}", rows, bs, FLAGS.profile_top),
+                   "profile_ops": rows[:150]}
+      except Exception as e:  # noqa: BLE001 (out of memory: record and go on)
+        info, seconds = {**info, "error": _short(e)}, float("nan")
+      gc.collect()
+    r = {**bench.with_rate(info, seconds), "schedule": schedule, "upsample_impl": impl,
+         "conv_impl": FLAGS.conv_impl}
+    return {**report(label, dtype, bs, r), **extra}
+
+  def wave(configs):
+    jobs = {}
+    for config in configs:
+      step, make_args, _ = case(*config)
+      jobs[config] = (step, jax.eval_shape(make_args))
+    compiled = bench.compile_many(
+        jobs, FLAGS.compile_workers,
+        lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))
+    return [run(config, compiled.pop(config)) for config in configs]
+
+  results = []
+  for bs in map(int, FLAGS.batch_sizes):   # one wave per batch size: small ones land first
+    results += wave([g + (bs,) for g in groups])
+    progress(results)
+  if FLAGS.max_batch:
+    limit = bench.device_memory_bytes()
+    largest = {g: largest_fitting_batch([r for r in results if (
+        r["dtype"], r["schedule"], r["upsample_impl"]) == g], limit) for g in groups}
+    results += [{**r, "largest_fitting_estimate": True} for r in wave(
+        [g + (bs,) for g, bs in largest.items()
+         if bs and bs > max(map(int, FLAGS.batch_sizes))])]
+  return results
+
+
+def largest_fitting_batch(results: list[dict], limit_bytes: float) -> int | None:
+  """The largest multiple of 8 (at most 128) whose memory (arguments + temporaries + outputs not aliased
+  to donated arguments, linear in the batch through the two largest measured batches)
+  stays under 92% of `limit_bytes`."""
+  import math
+  pts = sorted((r["batch"], r["argument_size_bytes"] + r["temp_size_bytes"] +
+                r["output_size_bytes"] - r.get("alias_size_bytes", 0.0)) for r in results
+               if "error" not in r and "temp_size_bytes" in r)
+  if len(pts) < 2 or not math.isfinite(limit_bytes):
+    return None
+  (b1, m1), (b2, m2) = pts[-2:]
+  per_image = (m2 - m1) / (b2 - b1)
+  if per_image <= 0:
+    return None
+  fits = int((0.92 * limit_bytes - (m2 - per_image * b2)) / per_image) // 8 * 8
+  return min(fits, 128) or None     # capped: compiling beyond that takes minutes
+
+
+def _short(e: Exception) -> str:
+  return f"{type(e).__name__}: {str(e)[:300]}"
+
+
 def pipeline_benchmarks(modes, precision) -> list[dict]:
-  """tune_step / protect_step / end_to_end at --size with random weights."""
+  """protect_step / end_to_end at --size with random weights."""
   import dataclasses
 
   import jax
@@ -141,12 +264,13 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
   lpips_model, lpips_vars, _ = weights.load_lpips("random", key)
-  ts = tuning.TuningSettings(steps=FLAGS.tune_steps)
+  ts = tuning.TuningSettings(steps=FLAGS.tune_steps, schedule=FLAGS.schedules[0])
   results = []
   for dtype in FLAGS.dtypes:
     gen = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
                               dtype=jnp.dtype(dtype), precision=precision,
-                              upsample_impl=FLAGS.upsample_impl)
+                              upsample_impl=FLAGS.upsample_impls[0],
+                              conv_impl=FLAGS.conv_impl)
     params = stylegan2.init_params(gen, key)
     clip_model, clip_vars, _ = weights.load_clip(FLAGS.clip_preset, "random", key,
                                                  jnp.dtype(dtype))
@@ -177,14 +301,6 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
                                          {"box": boxes}, (targets + 1) / 2, target_crop, shared,
                                          keys)
 
-      if "tune_step" in modes:
-        step = tuning._compiled_step(gen, lpips_model, ts, batched=True)  # noqa: SLF001
-        opt = jax.vmap(tuning.make_optimizer(ts).init)(per_image)
-        args = (jax.tree_util.tree_map(jnp.copy, per_image), opt, wplus0, noise, targets,
-                lpips_vars)
-        r = bench.compile_and_time(step, args, FLAGS.iters,
-                                   carry=lambda out, a: (out[0], out[1]) + a[2:])
-        results.append(report("tune_step", dtype, bs, r))
       if "protect_step" in modes:
         consts = constants()
         state = jax.tree_util.tree_map(jnp.copy, jax.vmap(
@@ -197,12 +313,12 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
         def once(tune_steps, protect_steps):
           tuned = tuning.tune(gen, lpips_model, dataclasses.replace(ts, steps=tune_steps),
                               params, lpips_vars, wplus0, noise, targets)
-          c = protect.prepare_constants(models, settings, tuned.params, True, wplus0, noise,
-                                        {"box": boxes}, (targets + 1) / 2, target_crop, shared,
-                                        keys)
+          c = protect.prepare_constants(models, settings, tuned.params, tuned.per_image,
+                                        wplus0, noise, {"box": boxes}, (targets + 1) / 2,
+                                        target_crop, shared, keys)
           st = dataclasses.replace(settings, steps=protect_steps)
           return jax.block_until_ready(
-              protect.protect(models, st, tuned.params, c, shared, True)[0])
+              protect.protect(models, st, tuned.params, c, shared, tuned.per_image)[0])
         t0 = time.perf_counter()
         once(1, 1)   # compiles everything the full run uses
         compile_s = time.perf_counter() - t0

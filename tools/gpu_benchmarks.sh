@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
-# The GPU measurements behind README's performance tables, in one short run.
-#   bash tools/gpu_benchmarks.sh OUT_DIR [BATCH_SIZES]     (default batch sizes 1,8)
-# Writes OUT_DIR/{env.txt, bench_fp32.json, bench_bf16.json, profile.json, *.log}.
+# The GPU measurements for README's performance tables (issue 8), in one short run.
+#   bash tools/gpu_benchmarks.sh OUT_DIR
+# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python: a quick CPU dry run.)
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, tapwise.json, check.json}. Parts run in
+# order of importance, each under its own time limit; benchmark.py rewrites its JSON after
+# every batch size and logs each compilation's start and end, so a cut part still tells.
+# Compilations run one at a time: on an H100 (jax 0.11.2, 2026-11-26) a run that compiled
+# 2-4 tuning steps at once in threads finished none of them in 90-350 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: bash tools/gpu_benchmarks.sh OUT_DIR [BATCH_SIZES]}
-bs=${2:-1,8}
+out=${1:?usage: bash tools/gpu_benchmarks.sh OUT_DIR}
 mkdir -p "$out"
-py=${PYTHON:-python}
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $py -c \
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+log="$out/run.log"
+filter() { grep --line-buffered -v "^W0000\|^I0000\|libtpu" | tee -a "$log"; }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; $py -c \
   "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"; } \
-  > "$out/env.txt" 2>&1
-cat "$out/env.txt"
-# Stage 1 and stage 2 steps at the paper's settings (1024, CLIP ViT-B/32, 3 surrogates).
-timeout 250 $py tools/benchmark.py --size=1024 --batch_sizes="$bs" --dtypes=float32 \
-  --modes=tune_step,protect_step --iters=3 --json_out="$out/bench_fp32.json" 2>&1 \
-  | grep -v "^W0000\|^I0000" | tee "$out/bench_fp32.log"
-timeout 90 $py tools/benchmark.py --size=1024 --batch_sizes="${bs##*,}" --dtypes=bfloat16 \
-  --modes=tune_step --iters=3 --json_out="$out/bench_bf16.json" 2>&1 \
-  | grep -v "^W0000\|^I0000" | tee "$out/bench_bf16.log"
-# Where the tuning step's time goes (issue 8).
-timeout 200 $py tools/profile_tuning.py --size=1024 --batch_sizes="$bs" --iters=3 \
-  --json_out="$out/profile.json" 2>&1 | grep -v "^W0000\|^I0000" | tee "$out/profile.log"
+  2>&1 | filter
+tune=(--size=${SIZE:-1024} --modes=tune_step --iters=3 --profile_top=25)
+# 1. Batch 1 at the paper's settings: the torch-shaped upsampling (the previous default) and
+#    the sub-pixel one, with a per-instruction profile of each.
+timeout 150 $py tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  --upsample_impls=subpixel,dilated --dtypes=float32 --batch_sizes=1 --profile_batches=1 \
+  --json_out="$out/batch1.json" 2>&1 | filter
+# 2. Batched: per-image generator copies vs the joint fast mode, bf16 vs fp32 (TF32).
+timeout 330 $py tools/benchmark.py "${tune[@]}" --schedules=per_image,joint \
+  --upsample_impls=subpixel --dtypes=bfloat16,float32 --batch_sizes=${BATCHES:-8,16,32} \
+  --profile_batches=${BATCHES:-8} --max_batch --json_out="$out/tune.json" 2>&1 | filter
+# 3. Per-tap weight gradients (conv_impl=tapwise) instead of XLA's grouped ones.
+timeout 60 $py tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
+  --conv_impl=tapwise --dtypes=bfloat16 --batch_sizes=${BATCHES:-8} \
+  --json_out="$out/tapwise.json" 2>&1 | filter
+# 4. Batched == alone and the bf16 error, on the device, config-f channels at 256.
+timeout 50 $py tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
+  --upsample_impl=subpixel --json_out="$out/check.json" 2>&1 | filter

@@ -7,6 +7,7 @@ Layout: NHWC activations, HWIO conv weights, (in, out) dense weights.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -57,6 +58,53 @@ def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
 
 
 UPSAMPLE_IMPLS = ("dilated", "subpixel")
+CONV_IMPLS = ("xla", "tapwise")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_same_xla(x: Array, w: Array, precision: Any) -> Array:
+  """Stride-1 conv, odd square kernel, zero 'same' padding; fp32 accumulation."""
+  p = w.shape[0] // 2
+  out_type = jnp.float32 if jnp.dtype(x.dtype).itemsize < 4 else None
+  return jax.lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC,
+                                      precision=precision, preferred_element_type=out_type)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_same_tapwise(x: Array, w: Array, precision: Any = None) -> Array:
+  """The same function as _conv_same_xla (x [N, H, W, I], w [k, k, I, O] -> [N, H, W, O]),
+  with the weight gradient computed per kernel tap as a contraction over the pixels,
+  dw[a, b] = sum_{n,h,w} x_pad[n, h + a, w + b, :]^T dy[n, h, w, :]. Under vmap over
+  per-image weights this is k*k batched matrix products (one per image) instead of XLA's
+  grouped weight-gradient convolution; the input gradient stays XLA's."""
+  return _conv_same_xla(x, w, precision)
+
+
+def _tapwise_fwd(x, w, precision):
+  return _conv_same_xla(x, w, precision), (x, w)
+
+
+def _tapwise_bwd(precision, residuals, dy):
+  x, w = residuals
+  dx = jax.vjp(lambda v: _conv_same_xla(v, w, precision), x)[1](dy)[0]
+  k, p = w.shape[0], w.shape[0] // 2
+  h, wd = dy.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  dy = dy.astype(x.dtype)
+  taps = [[jnp.einsum("nhwi,nhwo->io", xp[:, a:a + h, b:b + wd], dy, precision=precision,
+                      preferred_element_type=jnp.float32) for b in range(k)] for a in range(k)]
+  return dx, jnp.stack([jnp.stack(row) for row in taps]).astype(w.dtype)
+
+
+conv_same_tapwise.defvjp(_tapwise_fwd, _tapwise_bwd)
+
+
+def conv_same(x: Array, w: Array, precision: Any = None, impl: str = "xla") -> Array:
+  """Stride-1 'same' conv (odd k), output float32 when x is half precision; impl 'xla'
+  (lax conv and its autodiff) or 'tapwise' (conv_same_tapwise: same values)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+  return (conv_same_tapwise if impl == "tapwise" else _conv_same_xla)(x, w, precision)
 
 
 def _phase_taps(blur: np.ndarray) -> np.ndarray:
@@ -144,6 +192,7 @@ class ModulatedConv2d(nn.Module):
   # "subpixel": the same function as one 3x3 conv over the 4 output phases with the blur
   # folded into its kernel (no zero-inserted input, no separate blur pass).
   upsample_impl: str = "dilated"
+  conv_impl: str = "xla"   # stride-1 convs: "xla" | "tapwise" (see conv_same_tapwise)
 
   @nn.compact
   def __call__(self, x: Array, style: Array) -> Array:
@@ -153,9 +202,6 @@ class ModulatedConv2d(nn.Module):
     s = EqualLinear(in_ch, bias_init=1.0, precision=self.precision, name="modulation")(style)
     w = weight * (1.0 / math.sqrt(in_ch * k * k))                   # [k, k, in, out]
     x = x * s[:, None, None, :]
-    half = jnp.dtype(self.dtype).itemsize < 4
-    conv_kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision,
-                       preferred_element_type=jnp.float32 if half else None)
     subpixel = self.upsample and self.upsample_impl == "subpixel"
     if self.upsample_impl not in UPSAMPLE_IMPLS:
       raise ValueError(f"upsample_impl must be one of {UPSAMPLE_IMPLS}, got "
@@ -164,20 +210,21 @@ class ModulatedConv2d(nn.Module):
       raise ValueError("subpixel upsampling is derived for a 3x3 kernel and a 4-tap blur")
     if subpixel:
       kernel = make_blur_kernel(self.blur_kernel) * 4
-      out = depth_to_space2(jax.lax.conv_general_dilated(
+      out = depth_to_space2(conv_same(
           x.astype(self.dtype), subpixel_upsample_kernel(w, kernel).astype(self.dtype),
-          window_strides=(1, 1), padding=((1, 1), (1, 1)), **conv_kwargs))
+          self.precision, self.conv_impl))
     elif self.upsample:
       # torch conv_transpose2d(stride 2, padding 0) == stride-1 conv of the zero-inserted
       # input, padded by k-1, with the spatially flipped kernel.
+      half = jnp.dtype(self.dtype).itemsize < 4
       out = jax.lax.conv_general_dilated(
           x.astype(self.dtype), w[::-1, ::-1].astype(self.dtype), window_strides=(1, 1),
-          padding=((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(2, 2), **conv_kwargs)
+          padding=((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(2, 2),
+          dimension_numbers=_NHWC, precision=self.precision,
+          preferred_element_type=jnp.float32 if half else None)
     else:
-      p = k // 2
-      out = jax.lax.conv_general_dilated(
-          x.astype(self.dtype), w.astype(self.dtype), window_strides=(1, 1),
-          padding=((p, p), (p, p)), **conv_kwargs)
+      out = conv_same(x.astype(self.dtype), w.astype(self.dtype), self.precision,
+                      self.conv_impl)
     if self.demodulate:
       # demod[n, o] = rsqrt(sum_{kh,kw,i} (w[kh,kw,i,o] * s[n,i])^2 + 1e-8)
       w_sq = jnp.sum(jnp.square(w), axis=(0, 1))                    # [in, out]
@@ -203,13 +250,14 @@ class StyledConv(nn.Module):
   dtype: Any = jnp.float32
   precision: Any = None
   upsample_impl: str = "dilated"
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, style: Array, noise: Array) -> Array:
     out = ModulatedConv2d(self.out_channels, self.kernel_size, upsample=self.upsample,
                           blur_kernel=self.blur_kernel, dtype=self.dtype,
                           precision=self.precision, upsample_impl=self.upsample_impl,
-                          name="conv")(x, style)
+                          conv_impl=self.conv_impl, name="conv")(x, style)
     noise_weight = self.param("noise_weight", nn.initializers.zeros, (1,))
     out = out + noise_weight * noise
     bias = self.param("activate_bias", nn.initializers.zeros, (self.out_channels,))
@@ -224,11 +272,12 @@ class ToRGB(nn.Module):
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   dtype: Any = jnp.float32
   precision: Any = None
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, style: Array, skip: Array | None) -> Array:
     out = ModulatedConv2d(3, 1, demodulate=False, dtype=self.dtype, precision=self.precision,
-                          name="conv")(x, style)
+                          conv_impl=self.conv_impl, name="conv")(x, style)
     out = out + self.param("bias", nn.initializers.zeros, (3,))
     if skip is not None:
       factor = 2
