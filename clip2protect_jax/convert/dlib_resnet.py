@@ -5,7 +5,7 @@ Source: checkpoints/face-api/face_recognition_model-weights_manifest.json + .bin
 uint8-quantised per tensor (tfjs.read_weights dequantises them). Name mapping:
   <layer>/conv/filters (kh, kw, I, O)  -> <layer>/conv/kernel   (already HWIO)
   <layer>/conv/bias (O,)               -> <layer>/conv/bias
-  <layer>/scale/weights|biases (O,)    -> <layer>/scale/weights|biases
+  <layer>/scale/weights|biases (O,)    -> <layer>/scale/scale|bias
   fc (256, 128)                        -> fc/kernel             (already (in, out))
 where <layer> is `conv32_down` or `<block>/conv1|conv2`. The expected names and shapes
 come from `jax.eval_shape` of DlibResNet's init; any missing, unexpected or mis-shaped
@@ -31,8 +31,9 @@ MANIFEST = "face_recognition_model-weights_manifest.json"
 DEFAULT_FOLDER = "checkpoints/face-api"
 _SOURCE = "face-api face_recognition_model (dlib ResNet)"
 
-# Flax leaf -> TF.js leaf
-_LEAF = {"kernel": "filters", "bias": "bias", "weights": "weights", "biases": "biases"}
+# (Flax module, leaf) -> TF.js leaf
+_LEAF = {("conv", "kernel"): "filters", ("conv", "bias"): "bias",
+         ("scale", "scale"): "weights", ("scale", "bias"): "biases"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,7 +47,7 @@ def tfjs_layout() -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(_abstract_params())[0]:
     names = tuple(k.key for k in path)
-    name = "fc" if names == ("fc", "kernel") else "/".join(names[:-1] + (_LEAF[names[-1]],))
+    name = "fc" if names == ("fc", "kernel") else "/".join(names[:-1] + (_LEAF[names[-2:]],))
     out[name] = (names, tuple(leaf.shape))
   return out
 

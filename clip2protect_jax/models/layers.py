@@ -86,7 +86,7 @@ def _tapwise_fwd(x, w, precision):
 
 def _tapwise_bwd(precision, residuals, dy):
   x, w = residuals
-  dx = jax.vjp(lambda v: _conv_same_xla(v, w, precision), x)[1](dy)[0]
+  dx = jax.linear_transpose(lambda v: _conv_same_xla(v, w, precision), x)(dy)[0]
   k, p = w.shape[0], w.shape[0] // 2
   h, wd = dy.shape[1:3]
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))

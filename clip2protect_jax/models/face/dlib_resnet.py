@@ -19,7 +19,8 @@ pools) do not pad, output = 1 + (in - k) // 2. Spatial sizes: 150 -> 72 -> 35 ->
 
 Parameter names mirror face-api's TF.js weight names: `conv64_down/conv1/conv/filters` is
 the Flax leaf ('conv64_down', 'conv1', 'conv', 'kernel'), `.../conv/bias` -> 'bias',
-`.../scale/weights|biases` keep their names, `fc` (256, 128) -> ('fc', 'kernel').
+`.../scale/weights|biases` -> ('...', 'scale', 'scale'|'bias') (human.Affine), `fc`
+(256, 128) -> ('fc', 'kernel').
 convert/dlib_resnet.py relies on this. Inference only; everything is differentiable w.r.t.
 the input.
 """
@@ -29,6 +30,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from clip2protect_jax.models.face.human import Affine
 
 Dtype = Any
 
@@ -52,19 +55,6 @@ BLOCKS = (
 )
 
 
-class Scale(nn.Module):
-  """dlib `affine` (inference batch norm): x * weights + biases over the last axis."""
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    w = self.param("weights", nn.initializers.ones, (c,), self.param_dtype)
-    b = self.param("biases", nn.initializers.zeros, (c,), self.param_dtype)
-    return jnp.asarray(x, self.dtype) * jnp.asarray(w, self.dtype) + jnp.asarray(b, self.dtype)
-
-
 class ConvLayer(nn.Module):
   """con(k x k, stride, bias) -> affine [-> relu], with dlib's padding rule.
 
@@ -81,7 +71,7 @@ class ConvLayer(nn.Module):
     p = self.kernel // 2 if self.stride == 1 else 0
     x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
                 padding=((p, p), (p, p)), use_bias=True, dtype=self.dtype, name="conv")(x)
-    x = Scale(dtype=self.dtype, name="scale")(x)
+    x = Affine(dtype=self.dtype, name="scale")(x)   # dlib `affine`
     return nn.relu(x) if self.relu else x
 
 
