@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
+import re
 import time
 from typing import Any, Callable, Hashable, Mapping
 
@@ -11,8 +13,9 @@ import jax
 def compile_fn(fn: Callable, args: tuple) -> tuple[Any, dict[str, float]]:
   """AOT-compiles jitted `fn` for `args` (arrays or jax.ShapeDtypeStruct).
 
-  Returns (compiled, info): compile_s (tracing included), flops (XLA cost analysis, per
-  call) and the executable's memory (argument/output/temp bytes).
+  Returns (compiled, info): compile_s (tracing included), flops and bytes accessed (XLA cost
+  analysis, per call; see _cost_info) and the executable's memory (argument/output/temp
+  bytes).
   """
   t0 = time.perf_counter()
   lowered = fn.lower(*args)
@@ -22,7 +25,7 @@ def compile_fn(fn: Callable, args: tuple) -> tuple[Any, dict[str, float]]:
 def _compile_lowered(lowered: Any, lower_s: float) -> tuple[Any, dict[str, float]]:
   t0 = time.perf_counter()
   compiled = lowered.compile()
-  info = {"compile_s": lower_s + time.perf_counter() - t0, "flops": _flops(lowered)}
+  info = {"compile_s": lower_s + time.perf_counter() - t0, **_cost_info(lowered, compiled)}
   try:
     mem = compiled.memory_analysis()
     info.update({f"{k}_bytes": float(getattr(mem, k + "_in_bytes", float("nan")))
@@ -98,15 +101,25 @@ def with_rate(info: dict[str, Any], seconds: float) -> dict[str, Any]:
           "tflops": info.get("flops", float("nan")) / seconds / 1e12}
 
 
-def _flops(lowered) -> float:
-  """FLOPs per call from XLA's cost analysis of the lowered (backend-independent) HLO.
+def _cost_info(lowered: Any, compiled: Any) -> dict[str, float]:
+  """XLA's cost analysis, per call: flops, bytes_accessed and bytes_accessed_unfused.
 
-  The compiled executable's own analysis misses convolutions that the GPU backend turns
-  into cuDNN custom calls (it reported ~10x too few FLOPs for the tuning step on an H200).
+  flops and bytes_accessed_unfused come from the lowered (backend-independent, unfused)
+  HLO: the compiled executable's FLOPs miss convolutions that the GPU backend turns into
+  cuDNN custom calls (~10x too few for the tuning step on an H200). bytes_accessed is the
+  compiled (fused) program's memory traffic, the memory-roofline figure: trustworthy on CPU,
+  an undercount on GPU for the same reason (reported as measured, NaN where unsupported).
   """
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+  def cost(analysis, key):
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis.get(key, float("nan"))) if analysis else float("nan")
+  unfused = lowered.cost_analysis()
+  try:
+    fused = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 (not every backend reports it)
+    fused = None
+  return {"flops": cost(unfused, "flops"), "bytes_accessed": cost(fused, "bytes accessed"),
+          "bytes_accessed_unfused": cost(unfused, "bytes accessed")}
 
 
 def peak_device_bytes() -> float:
@@ -145,6 +158,41 @@ def hlo_category(line: str) -> str:
            (" copy(", "copy / layout change"), (" transpose(", "copy / layout change"),
            ("custom-call", "other custom call"), (" fusion(", "other fusion"))
   return next((kind for key, kind in kinds if key in line), "other")
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s*=\s*(.*?)\s([a-z][a-z\-]*)\((.*)$")
+_NO_TRAFFIC = ("parameter", "get-tuple-element", "tuple", "bitcast", "constant")
+
+
+def _shape_bytes(text: str) -> int:
+  return sum(math.prod(int(d) for d in dims.split(",") if d) * _DTYPE_BYTES[dtype]
+             for dtype, dims in _SHAPE.findall(text))
+
+
+def hlo_traffic(compiled: Any) -> list[dict[str, Any]]:
+  """Memory traffic per instruction of the compiled program's entry computation, assuming
+  each instruction (a fusion, a library call, a copy) reads its operands and writes its
+  result once: rows {category (hlo_category), source (the JAX op), bytes}, largest first.
+  Their sum is the traffic floor of this fusion plan: sum / HBM bandwidth bounds the step
+  from below (XLA's own 'bytes accessed' also counts traffic inside fusions)."""
+  text = compiled.as_text()
+  entry = text[text.index("\nENTRY"):]
+  sizes, rows = {}, []
+  for line in entry[:entry.index("\n}")].splitlines()[1:]:
+    match = _INSTRUCTION.match(line.split(", metadata=")[0].split(", calls=")[0])
+    if not match:
+      continue
+    name, shape, opcode, operands = match.groups()
+    sizes[name] = _shape_bytes(shape)
+    if opcode in _NO_TRAFFIC:
+      continue
+    read = sum(sizes.get(op, 0) for op in re.findall(r"%([^\s,()]+)", operands))
+    rows.append({"category": hlo_category(line), "source": _source_op(line),
+                 "bytes": sizes[name] + read})
+  return sorted(rows, key=lambda r: -r["bytes"])
 
 
 def kernel_profile(compiled: Any, args: tuple, calls: int, trace_dir: str,
@@ -259,6 +307,26 @@ def print_kernel_profile(title: str, rows: list[dict[str, Any]], batch: int, top
           f"{shape[:40]:<40} {r['source'][-90:]}")
   print(flush=True)
   return dict(by_kind)
+
+
+def print_traffic(title: str, rows: list[dict[str, Any]], batch: int, top: int
+                  ) -> dict[str, float]:
+  """Prints hlo_traffic's rows summed by category and by layer (the JAX op path without
+  its transformation wrappers and indices); returns bytes per call by category."""
+  import collections
+  by_kind, by_layer = collections.Counter(), collections.Counter()
+  for r in rows:
+    by_kind[r["category"]] += r["bytes"]
+    parts = [p for p in r["source"].split("/") if p and "(" not in p]
+    by_layer[re.sub(r"\d+", "#", "/".join(parts)) or "(no JAX op)"] += r["bytes"]
+  total = sum(by_kind.values())
+  print(f"\n{title}: traffic floor {total / 1e9:.2f} GB/call ({total / batch / 1e9:.2f} "
+        "GB/image; each instruction reads its operands and writes its result once)")
+  for name, counter in (("kind", by_kind), ("layer", by_layer)):
+    for key, b in counter.most_common(top):
+      print(f"  by {name}: {b / 1e9:8.2f} GB {100 * b / total:5.1f}%  {key[-90:]}")
+  print(flush=True)
+  return {k: float(v) for k, v in by_kind.items()}
 
 
 def _source_op(line: str) -> str:

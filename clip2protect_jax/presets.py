@@ -43,7 +43,8 @@ def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
       dtype="float32",          # convolution compute dtype: float32 | bfloat16
       precision="default",      # lax precision: default | high | highest
       upsample_impl="dilated",  # dilated (as torch) | subpixel (same function, one conv)
-      conv_impl="xla",          # xla | tapwise (same function, per-tap weight gradients)
+      conv_impl="xla",          # xla | grouped | tapwise (same function; how per-image
+                                # weight gradients are formed: layers.conv_same)
       # Converted checkpoint folder, or "random" for the constructor's init (seeded).
       weights=STYLEGAN2_FFHQ,
   ))

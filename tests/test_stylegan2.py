@@ -235,31 +235,64 @@ def test_subpixel_upsampling_is_the_same_function():
     stylegan2.Generator(32, upsample_impl="nearest", **kw).apply({"params": params}, w, noise)
 
 
-def test_tapwise_weight_gradients_are_the_same_function():
-  """conv_impl='tapwise' (per-tap weight-gradient contractions) == XLA's conv autodiff:
-  values and per-image parameter gradients under vmap (the pivotal-tuning layout), with
-  both upsampling paths; an unknown conv_impl is refused."""
+def _per_image_grads(model, per_image, w, noise):
+  """d sum(image^2) / d params for each image's own parameter copy (the tuning layout)."""
+  def one(p, wi, ni):
+    return jnp.sum(jnp.square(model.apply({"params": p}, wi[None], [m[None] for m in ni])))
+  return jax.jit(jax.vmap(jax.grad(one)))(per_image, w, noise)
+
+
+def _tiny_per_image_setup(batch):
   kw = dict(style_dim=32, n_mlp=2, channel_max=16)
-  base = stylegan2.Generator(16, **kw)
-  params = stylegan2.init_params(base, jax.random.key(0))
+  params = stylegan2.init_params(stylegan2.Generator(16, **kw), jax.random.key(0))
   per_image = jax.tree_util.tree_map(
-      lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), (2,) + x.shape), params)
-  w = jax.random.normal(jax.random.key(1), (2, base.n_latent, 32))
-  noise = stylegan2.make_noise(jax.random.key(2), 16, 2)
+      lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), (batch,) + x.shape), params)
+  w = jax.random.normal(jax.random.key(1), (batch, stylegan2.num_latents(16), 32))
+  return kw, params, per_image, w, stylegan2.make_noise(jax.random.key(2), 16, batch)
 
-  def grads(model):
-    def one(p, wi, ni):
-      return jnp.sum(jnp.square(model.apply({"params": p}, wi[None], [m[None] for m in ni])))
-    return jax.jit(jax.vmap(jax.grad(one)))(per_image, w, noise)
 
+@pytest.mark.parametrize("conv_impl", ["grouped", "tapwise"])
+def test_conv_impls_are_the_same_function(conv_impl):
+  """conv_impl 'grouped' / 'tapwise' (other weight-gradient formulations) == XLA's conv
+  autodiff: values and per-image parameter gradients under vmap (the pivotal-tuning
+  layout), with both upsampling paths; an unknown conv_impl is refused."""
+  kw, params, per_image, w, noise = _tiny_per_image_setup(2)
   for upsample in ("dilated", "subpixel"):
     xla = stylegan2.Generator(16, upsample_impl=upsample, **kw)
-    tapwise = stylegan2.Generator(16, upsample_impl=upsample, conv_impl="tapwise", **kw)
+    other = stylegan2.Generator(16, upsample_impl=upsample, conv_impl=conv_impl, **kw)
     a = xla.apply({"params": params}, w, noise)
-    np.testing.assert_allclose(tapwise.apply({"params": params}, w, noise), a,
+    np.testing.assert_allclose(other.apply({"params": params}, w, noise), a,
                                atol=1e-6 * float(jnp.abs(a).max()))
-    for x, y in zip(jax.tree_util.tree_leaves(grads(xla)),
-                    jax.tree_util.tree_leaves(grads(tapwise))):
+    for x, y in zip(jax.tree_util.tree_leaves(_per_image_grads(xla, per_image, w, noise)),
+                    jax.tree_util.tree_leaves(_per_image_grads(other, per_image, w, noise))):
       np.testing.assert_allclose(y, x, atol=1e-5 * float(jnp.abs(x).max()) + 1e-7)
   with pytest.raises(ValueError, match="conv_impl"):
     stylegan2.Generator(16, conv_impl="fft", **kw).apply({"params": params}, w, noise)
+
+
+def _weight_grad_convs(model, per_image, w, noise) -> list[str]:
+  """The HLO lines of the per-image gradient's weight-gradient convolutions: those with the
+  activations' channels as batch and the output-gradient map as kernel (dim_labels
+  f01b_i01o->01bf, the form of JAX's conv transpose)."""
+  def one(p, wi, ni):
+    return jnp.sum(jnp.square(model.apply({"params": p}, wi[None], [m[None] for m in ni])))
+  hlo = jax.jit(jax.vmap(jax.grad(one))).lower(per_image, w, noise).as_text(dialect="hlo")
+  return [line for line in hlo.splitlines()
+          if " convolution(" in line and "dim_labels=f01b_i01o->01bf" in line]
+
+
+def test_grouped_weight_gradients_are_batch_grouped_convolutions():
+  """Under vmap over 3 per-image weight copies, conv_impl='grouped' forms every stride-1
+  weight gradient as ONE convolution with batch_group_count=3 (XLA's GPU backend runs that
+  as cuDNN's grouped backward-filter convolution), where JAX's own batching gives
+  feature_group_count=3 (which that backend can only run as a forward convolution with a
+  feature-map-sized kernel)."""
+  kw, _, per_image, w, noise = _tiny_per_image_setup(3)
+  xla = _weight_grad_convs(stylegan2.Generator(16, upsample_impl="subpixel", **kw),
+                           per_image, w, noise)
+  grouped = _weight_grad_convs(stylegan2.Generator(16, upsample_impl="subpixel",
+                                                   conv_impl="grouped", **kw),
+                               per_image, w, noise)
+  assert xla and all("feature_group_count=3" in c for c in xla)
+  assert len(grouped) == len(xla)
+  assert all("batch_group_count=3" in c and "feature_group_count" not in c for c in grouped)

@@ -4,13 +4,14 @@
       --modes=tune_step,protect_step,end_to_end --json_out=bench.json
 
 For each (mode, dtype, batch size): compile time, steady-state time per call and per
-image, images/s, XLA's FLOP count, achieved TFLOP/s and the executable's memory. Modes:
+image, images/s, XLA's FLOP count, achieved TFLOP/s, bytes accessed (the fused program's
+memory traffic; see bench._cost_info) and the executable's memory. Modes:
   synth         forward synthesis W+ -> image
   grad_wplus    d loss / d W+ and noise (shared generator params)
   grad_params   d loss / d ALL generator params, one param copy PER IMAGE via vmap
   tune_step     the real stage-1 step (tuning.py), for every --schedules (per_image: one
-                generator copy per image; joint: the fast mode's one shared generator) and
-                --upsample_impls: LPIPS-VGG + 0.1 MSE at 256, Adam update (random LPIPS
+                generator copy per image; joint: the fast mode's one shared generator),
+                --upsample_impls and --conv_impls: LPIPS-VGG + 0.1 MSE at 256, Adam update (random LPIPS
                 weights). The configurations of one batch size are compiled together,
                 --compile_workers at a time, then timed one by one; --max_batch adds the
                 largest batch that the compiled memory says fits; --profile_batches breaks
@@ -48,7 +49,8 @@ flags.DEFINE_integer("iters", 5, "Timed calls after warm-up.")
 flags.DEFINE_string("precision", "default", "lax precision: default | high | highest.")
 flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture).")
 flags.DEFINE_list("upsample_impls", ["dilated"], "Generator upsampling: dilated, subpixel.")
-flags.DEFINE_string("conv_impl", "xla", "Generator stride-1 convs: xla | tapwise.")
+flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs' weight gradients: xla, "
+                  "grouped, tapwise (tune_step sweeps them; other modes use the first).")
 flags.DEFINE_list("schedules", ["per_image"], "tune_step: tuning schedules (per_image, joint).")
 flags.DEFINE_integer("compile_workers", 1, "tune_step: XLA compilations run at a time.")
 flags.DEFINE_list("profile_batches", [], "tune_step: batch sizes whose step is also traced "
@@ -57,6 +59,10 @@ flags.DEFINE_integer("profile_top", 25, "tune_step: instructions printed per pro
 flags.DEFINE_string("trace_dir", "/tmp/benchmark_trace", "tune_step: profiler output.")
 flags.DEFINE_bool("max_batch", False, "tune_step: also time the largest batch (a multiple "
                   "of 8) that the two largest --batch_sizes' memory predicts to fit.")
+flags.DEFINE_bool("cost_only", False, "tune_step: compile (abstractly, zero weights) and "
+                  "print XLA's FLOPs, bytes accessed and the memory-traffic floor by kind "
+                  "and layer (bench.hlo_traffic) without running anything: the roofline of "
+                  "a size/batch this device cannot run.")
 flags.DEFINE_string("clip_preset", "ViT-B/32", "CLIP architecture for protect_step.")
 flags.DEFINE_list("surrogates", ["ir152", "irse50", "mobile_face"], "FR surrogates.")
 flags.DEFINE_integer("tune_steps", 150, "end_to_end: stage-1 steps.")
@@ -73,7 +79,8 @@ def report(mode: str, dtype: str, bs: int, r: dict) -> dict:
   print(f"{mode:<12} {dtype:<9} batch {bs:>3}: compile {r.get('compile_s', 0):6.1f} s, "
         f"{dt * 1e3:9.2f} ms/call, {dt * 1e3 / bs:9.2f} ms/image, {bs / dt:8.3f} images/s, "
         f"{r.get('flops', float('nan')) / 1e9:10.2f} GFLOP/call, "
-        f"{r.get('tflops', float('nan')):7.3f} TFLOP/s, temp "
+        f"{r.get('tflops', float('nan')):7.3f} TFLOP/s, "
+        f"{r.get('bytes_accessed', float('nan')) / 1e9:8.2f} GB accessed/call, temp "
         f"{r.get('temp_size_bytes', float('nan')) / 2**30:6.2f} GiB", flush=True)
   return {"mode": mode, "dtype": dtype, "batch": bs, "ms_per_image": dt * 1e3 / bs,
           "images_per_s": bs / dt, **r}
@@ -111,7 +118,7 @@ def main(argv):
   for dtype, impl in itertools.product(FLAGS.dtypes, FLAGS.upsample_impls):
     model = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
                                 dtype=jnp.dtype(dtype), precision=precision,
-                                upsample_impl=impl, conv_impl=FLAGS.conv_impl)
+                                upsample_impl=impl, conv_impl=FLAGS.conv_impls[0])
     for mode in gen_modes:
       for bs in map(int, FLAGS.batch_sizes):
         wplus = jax.random.normal(jax.random.key(1), (bs, model.n_latent, model.style_dim))
@@ -170,32 +177,43 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
   lpips_model, lpips_vars, _ = weights.load_lpips("random", key)
-  gens = {(dtype, impl): stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
-                                             dtype=jnp.dtype(dtype), precision=precision,
-                                             upsample_impl=impl, conv_impl=FLAGS.conv_impl)
-          for dtype, impl in itertools.product(FLAGS.dtypes, FLAGS.upsample_impls)}
-  params = stylegan2.init_params(next(iter(gens.values())), key)  # the same for every config
+  gens = {(dtype, impl, conv): stylegan2.Generator(
+      FLAGS.size, channel_max=FLAGS.channel_max, dtype=jnp.dtype(dtype), precision=precision,
+      upsample_impl=impl, conv_impl=conv)
+          for dtype, impl, conv in itertools.product(FLAGS.dtypes, FLAGS.upsample_impls,
+                                                     FLAGS.conv_impls)}
+  first = next(iter(gens.values()))
+  params = (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   stylegan2.abstract_params(first)) if FLAGS.cost_only
+            else stylegan2.init_params(first, key))   # the same for every config
   print(f"  [{time.strftime('%H:%M:%S')}] generator params initialised", flush=True)
 
-  def case(dtype, schedule, impl, bs):
-    return bench.tune_step_case(gens[(dtype, impl)], lpips_model, lpips_vars, params,
+  def case(dtype, schedule, impl, conv, bs):
+    return bench.tune_step_case(gens[(dtype, impl, conv)], lpips_model, lpips_vars, params,
                                 schedule, bs)
 
-  groups = list(itertools.product(FLAGS.dtypes, FLAGS.schedules, FLAGS.upsample_impls))
+  groups = list(itertools.product(FLAGS.dtypes, FLAGS.schedules, FLAGS.upsample_impls,
+                                  FLAGS.conv_impls))
 
   def run(config, compiled_or_error):
-    dtype, schedule, impl, bs = config
-    label = f"tune_step[{schedule},{impl},{FLAGS.conv_impl}]"
+    dtype, schedule, impl, conv, bs = config
+    label = f"tune_step[{schedule},{impl},{conv}]"
     extra = {}
     if isinstance(compiled_or_error, Exception):
       info, seconds = {"error": _short(compiled_or_error)}, float("nan")
+    elif FLAGS.cost_only:
+      info, seconds = compiled_or_error[1], float("nan")
+      rows = bench.hlo_traffic(compiled_or_error[0])
+      extra = {"traffic_floor_bytes": float(sum(r["bytes"] for r in rows)),
+               "traffic_by_kind": bench.print_traffic(f"{label} {dtype} batch {bs}", rows,
+                                                      bs, FLAGS.profile_top)}
     else:
       exe, info = compiled_or_error
       _, make_args, carry = case(*config)
       try:
         seconds = bench.time_compiled(exe, make_args(), FLAGS.iters, carry)
         if str(bs) in FLAGS.profile_batches:
-          name = f"{schedule}_{impl}_{dtype}_{bs}"
+          name = f"{schedule}_{impl}_{conv}_{dtype}_{bs}"
           rows = bench.kernel_profile(exe, make_args(), 2, os.path.join(FLAGS.trace_dir, name),
                                       carry)
           extra = {"profile_ms_by_kind": bench.print_kernel_profile(
@@ -205,7 +223,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
         info, seconds = {**info, "error": _short(e)}, float("nan")
       gc.collect()
     r = {**bench.with_rate(info, seconds), "schedule": schedule, "upsample_impl": impl,
-         "conv_impl": FLAGS.conv_impl}
+         "conv_impl": conv}
     return {**report(label, dtype, bs, r), **extra}
 
   def wave(configs):
@@ -225,7 +243,8 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
   if FLAGS.max_batch:
     limit = bench.device_memory_bytes()
     largest = {g: largest_fitting_batch([r for r in results if (
-        r["dtype"], r["schedule"], r["upsample_impl"]) == g], limit) for g in groups}
+        r["dtype"], r["schedule"], r["upsample_impl"], r["conv_impl"]) == g], limit)
+               for g in groups}
     results += [{**r, "largest_fitting_estimate": True} for r in wave(
         [g + (bs,) for g, bs in largest.items()
          if bs and bs > max(map(int, FLAGS.batch_sizes))])]
@@ -270,7 +289,7 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
     gen = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
                               dtype=jnp.dtype(dtype), precision=precision,
                               upsample_impl=FLAGS.upsample_impls[0],
-                              conv_impl=FLAGS.conv_impl)
+                              conv_impl=FLAGS.conv_impls[0])
     params = stylegan2.init_params(gen, key)
     clip_model, clip_vars, _ = weights.load_clip(FLAGS.clip_preset, "random", key,
                                                  jnp.dtype(dtype))

@@ -2,9 +2,10 @@
 # The GPU measurements for README's performance tables (issue 8), in one short run.
 #   bash tools/gpu_benchmarks.sh OUT_DIR
 # (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python: a quick CPU dry run.)
-# Writes OUT_DIR/{run.log, batch1.json, tune.json, tapwise.json, check.json}. Parts run in
-# order of importance, each under its own time limit; benchmark.py rewrites its JSON after
-# every batch size and logs each compilation's start and end, so a cut part still tells.
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, conv_impls.json, joint.json, check.json}.
+# Parts run in order of importance, each under its own time limit (570 s in all); benchmark.py
+# rewrites its JSON after every batch size and logs each compilation's start and end, so a
+# cut part still tells.
 # Compilations run one at a time: on an H100 (jax 0.11.2, 2026-11-26) a run that compiled
 # 2-4 tuning steps at once in threads finished none of them in 90-350 s.
 set -uo pipefail
@@ -21,19 +22,26 @@ filter() { grep --line-buffered -v "^W0000\|^I0000\|libtpu" | tee -a "$log"; }
   "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"; } \
   2>&1 | filter
 tune=(--size=${SIZE:-1024} --modes=tune_step --iters=3 --profile_top=25)
+b=${BATCHES:-8,16,32}; b0=${b%%,*}
 # 1. Batch 1 at the paper's settings: the torch-shaped upsampling (the previous default) and
-#    the sub-pixel one, with a per-instruction profile of each.
-timeout 150 $py tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  --upsample_impls=subpixel,dilated --dtypes=float32 --batch_sizes=1 --profile_batches=1 \
-  --json_out="$out/batch1.json" 2>&1 | filter
-# 2. Batched: per-image generator copies vs the joint fast mode, bf16 vs fp32 (TF32).
-timeout 330 $py tools/benchmark.py "${tune[@]}" --schedules=per_image,joint \
-  --upsample_impls=subpixel --dtypes=bfloat16,float32 --batch_sizes=${BATCHES:-8,16,32} \
-  --profile_batches=${BATCHES:-8} --max_batch --json_out="$out/tune.json" 2>&1 | filter
-# 3. Per-tap weight gradients (conv_impl=tapwise) instead of XLA's grouped ones.
-timeout 60 $py tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
-  --conv_impl=tapwise --dtypes=bfloat16 --batch_sizes=${BATCHES:-8} \
-  --json_out="$out/tapwise.json" 2>&1 | filter
-# 4. Batched == alone and the bf16 error, on the device, config-f channels at 256.
+#    the sub-pixel one, fp32, with a per-instruction profile of each.
+timeout 120 $py tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  --upsample_impls=subpixel,dilated --conv_impls=xla --dtypes=float32 --batch_sizes=1 \
+  --profile_batches=1 --json_out="$out/batch1.json" 2>&1 | filter
+# 2. Per-image generators with batch-grouped weight gradients (conv_impl=grouped: cuDNN's
+#    grouped backward-filter conv), bf16 and fp32 (TF32), batch 1 to the largest that fits.
+timeout 250 $py tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  --upsample_impls=subpixel --conv_impls=grouped --dtypes=bfloat16,float32 \
+  --batch_sizes=1,$b --profile_batches=$b0 --max_batch --json_out="$out/tune.json" 2>&1 | filter
+# 3. The same batch with the other weight-gradient forms: per-tap contractions, and JAX's
+#    default (feature-grouped: XLA runs it as a forward conv with a feature-map kernel).
+timeout 80 $py tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
+  --conv_impls=tapwise,xla --dtypes=bfloat16 --batch_sizes=$b0 --profile_batches=$b0 \
+  --json_out="$out/conv_impls.json" 2>&1 | filter
+# 4. The joint fast mode (one generator per batch).
+timeout 70 $py tools/benchmark.py "${tune[@]}" --schedules=joint --upsample_impls=subpixel \
+  --conv_impls=grouped --dtypes=bfloat16 --batch_sizes=$b --json_out="$out/joint.json" \
+  2>&1 | filter
+# 5. Batched == alone and the bf16 error, on the device, config-f channels at 256.
 timeout 50 $py tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
-  --upsample_impl=subpixel --json_out="$out/check.json" 2>&1 | filter
+  --upsample_impl=subpixel --conv_impl=grouped --json_out="$out/check.json" 2>&1 | filter

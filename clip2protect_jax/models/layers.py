@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -58,7 +58,7 @@ def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
 
 
 UPSAMPLE_IMPLS = ("dilated", "subpixel")
-CONV_IMPLS = ("xla", "tapwise")
+CONV_IMPLS = ("xla", "grouped", "tapwise")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -70,41 +70,92 @@ def _conv_same_xla(x: Array, w: Array, precision: Any) -> Array:
                                       precision=precision, preferred_element_type=out_type)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_same_tapwise(x: Array, w: Array, precision: Any = None) -> Array:
-  """The same function as _conv_same_xla (x [N, H, W, I], w [k, k, I, O] -> [N, H, W, O]),
-  with the weight gradient computed per kernel tap as a contraction over the pixels,
-  dw[a, b] = sum_{n,h,w} x_pad[n, h + a, w + b, :]^T dy[n, h, w, :]. Under vmap over
-  per-image weights this is k*k batched matrix products (one per image) instead of XLA's
-  grouped weight-gradient convolution; the input gradient stays XLA's."""
-  return _conv_same_xla(x, w, precision)
+def _with_weight_grad(weight_grad: Callable[[Array, Array, int, Any], Array]) -> Callable:
+  """_conv_same_xla (x [N, H, W, I], w [k, k, I, O] -> [N, H, W, O]) with its weight gradient
+  computed by weight_grad(x, dy, k, precision) -> [k, k, I, O] float32; the input gradient
+  stays XLA's."""
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+  def conv(x, w, precision=None):
+    return _conv_same_xla(x, w, precision)
+
+  def fwd(x, w, precision):
+    return _conv_same_xla(x, w, precision), (x, w)
+
+  def bwd(precision, residuals, dy):
+    x, w = residuals
+    dx = jax.linear_transpose(lambda v: _conv_same_xla(v, w, precision), x)(dy)[0]
+    dw = weight_grad(x, dy.astype(x.dtype), w.shape[0], precision)
+    return dx, dw.astype(w.dtype)
+
+  conv.defvjp(fwd, bwd)
+  return conv
 
 
-def _tapwise_fwd(x, w, precision):
-  return _conv_same_xla(x, w, precision), (x, w)
-
-
-def _tapwise_bwd(precision, residuals, dy):
-  x, w = residuals
-  dx = jax.linear_transpose(lambda v: _conv_same_xla(v, w, precision), x)(dy)[0]
-  k, p = w.shape[0], w.shape[0] // 2
+def _tapwise_weight_grad(x: Array, dy: Array, k: int, precision: Any) -> Array:
+  """dw[a, b] = sum_{n,h,w} x_pad[n, h + a, w + b, :]^T dy[n, h, w, :], one contraction over
+  the pixels per kernel tap (under vmap: k*k batched matrix products)."""
+  p = k // 2
   h, wd = dy.shape[1:3]
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  dy = dy.astype(x.dtype)
   taps = [[jnp.einsum("nhwi,nhwo->io", xp[:, a:a + h, b:b + wd], dy, precision=precision,
                       preferred_element_type=jnp.float32) for b in range(k)] for a in range(k)]
-  return dx, jnp.stack([jnp.stack(row) for row in taps]).astype(w.dtype)
+  return jnp.stack([jnp.stack(row) for row in taps])
 
 
-conv_same_tapwise.defvjp(_tapwise_fwd, _tapwise_bwd)
+def _backward_filter_conv(x: Array, dy: Array, k: int, precision: Any, groups: int = 1
+                          ) -> Array:
+  """The weight gradient of a 'same' conv as ONE convolution in XLA's backward-filter form:
+  x [N, H, W, G*I] (the pixels' channels as its batch), dy [N, H, W, G*O] (the kernel) ->
+  [k, k, I, G*O] float32, group g pairing x's channels g*I.. with dy's g*O.. through
+  batch_group_count = G, the form that XLA's GPU backend runs as cuDNN's (grouped)
+  backward-filter convolution."""
+  p = k // 2
+  return jax.lax.conv_general_dilated(
+      x, dy, (1, 1), ((p, p), (p, p)), dimension_numbers=("CHWN", "IHWO", "HWNC"),
+      batch_group_count=groups, precision=precision, preferred_element_type=jnp.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _grouped_weight_grad(k: int, precision: Any) -> Callable[[Array, Array], Array]:
+  """(x, dy) -> dw as _backward_filter_conv; vmapped over images (x [B, N, H, W, I],
+  dy [B, N, H, W, O]) it becomes ONE batch-grouped convolution with B groups (the images
+  moved into the channels) -> [B, k, k, I, O], instead of JAX's default batching of the
+  weight-gradient conv into feature_group_count = B, which XLA's GPU backend cannot map to
+  a backward-filter convolution and runs as a forward convolution with an HxW kernel
+  (xla/service/gpu/transforms/conv_rewriter.cc, MatchBackwardFilter)."""
+  @jax.custom_batching.custom_vmap
+  def weight_grad(x, dy):
+    return _backward_filter_conv(x, dy, k, precision)
+
+  @weight_grad.def_vmap
+  def batched(axis_size, in_batched, x, dy):
+    x, dy = (v if b else jnp.broadcast_to(v, (axis_size,) + v.shape)
+             for v, b in zip((x, dy), in_batched))
+    def images_to_channels(v):   # [B, N, H, W, C] -> [N, H, W, B*C], channel b*C + c
+      return jnp.moveaxis(v, 0, -2).reshape(v.shape[1:-1] + (-1,))
+    dw = _backward_filter_conv(images_to_channels(x), images_to_channels(dy), k, precision,
+                               groups=axis_size)          # [k, k, I, B*O]
+    dw = dw.reshape(dw.shape[:3] + (axis_size, -1))
+    return jnp.moveaxis(dw, 3, 0), True
+
+  return weight_grad
+
+
+# Same values and gradients as _conv_same_xla; (x, w, precision=None) -> like it.
+conv_same_tapwise = _with_weight_grad(_tapwise_weight_grad)
+conv_same_grouped = _with_weight_grad(
+    lambda x, dy, k, precision: _grouped_weight_grad(k, precision)(x, dy))
 
 
 def conv_same(x: Array, w: Array, precision: Any = None, impl: str = "xla") -> Array:
-  """Stride-1 'same' conv (odd k), output float32 when x is half precision; impl 'xla'
-  (lax conv and its autodiff) or 'tapwise' (conv_same_tapwise: same values)."""
+  """Stride-1 'same' conv (odd k), output float32 when x is half precision. impl (the same
+  values and gradients; what differs is how the WEIGHT gradient is formed under vmap over
+  per-image weights): 'xla' (lax conv and JAX's autodiff), 'grouped' (conv_same_grouped) or
+  'tapwise' (conv_same_tapwise)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
-  return (conv_same_tapwise if impl == "tapwise" else _conv_same_xla)(x, w, precision)
+  fn = {"xla": _conv_same_xla, "grouped": conv_same_grouped, "tapwise": conv_same_tapwise}
+  return fn[impl](x, w, precision)
 
 
 def _phase_taps(blur: np.ndarray) -> np.ndarray:
@@ -192,7 +243,7 @@ class ModulatedConv2d(nn.Module):
   # "subpixel": the same function as one 3x3 conv over the 4 output phases with the blur
   # folded into its kernel (no zero-inserted input, no separate blur pass).
   upsample_impl: str = "dilated"
-  conv_impl: str = "xla"   # stride-1 convs: "xla" | "tapwise" (see conv_same_tapwise)
+  conv_impl: str = "xla"   # stride-1 convs: "xla" | "grouped" | "tapwise" (see conv_same)
 
   @nn.compact
   def __call__(self, x: Array, style: Array) -> Array:

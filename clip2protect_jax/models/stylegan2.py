@@ -136,7 +136,7 @@ class Generator(nn.Module):
   dtype: Any = jnp.float32           # convolution compute dtype; modulation stays float32
   precision: Any = None              # lax precision for convs/matmuls (None = default)
   upsample_impl: str = "dilated"     # "subpixel": same function, see layers.ModulatedConv2d
-  conv_impl: str = "xla"             # "tapwise": same function, see layers.conv_same_tapwise
+  conv_impl: str = "xla"             # "grouped" | "tapwise": same function, see layers.conv_same
 
   def setup(self):
     self.style = MappingNetwork(self.style_dim, self.n_mlp, self.lr_mlp, self.precision)
