@@ -45,6 +45,8 @@ def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
       upsample_impl="dilated",  # dilated (as torch) | subpixel (same function, one conv)
       conv_impl="xla",          # xla | grouped | tapwise (same function; how per-image
                                 # weight gradients are formed: layers.conv_same)
+      modulation="activations",  # activations | weights | auto (same function; weights:
+                                 # the official fused form, fewer full-resolution passes)
       # Converted checkpoint folder, or "random" for the constructor's init (seeded).
       weights=STYLEGAN2_FFHQ,
   ))

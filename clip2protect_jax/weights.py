@@ -33,7 +33,7 @@ def generator_from_config(cfg) -> stylegan2.Generator:
       blur_kernel=tuple(cfg.blur_kernel), lr_mlp=cfg.lr_mlp, dtype=jnp.dtype(cfg.dtype),
       precision=_precision(cfg.precision),
       upsample_impl=cfg.get("upsample_impl", "dilated"),
-      conv_impl=cfg.get("conv_impl", "xla"))
+      conv_impl=cfg.get("conv_impl", "xla"), modulation=cfg.get("modulation", "activations"))
 
 
 def stylegan2_arch(model: stylegan2.Generator) -> dict[str, Any]:

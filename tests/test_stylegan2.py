@@ -1,4 +1,6 @@
 """StyleGAN2: golden parity, converter strictness, batching/vmap equivalence, compilation."""
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -296,3 +298,26 @@ def test_grouped_weight_gradients_are_batch_grouped_convolutions():
   assert xla and all("feature_group_count=3" in c for c in xla)
   assert len(grouped) == len(xla)
   assert all("batch_group_count=3" in c and "feature_group_count" not in c for c in grouped)
+
+
+def test_weight_modulation_is_the_same_function():
+  """modulation='weights' (the official fused form: one modulated, demodulated weight per
+  sample) and 'auto' (fused at 16x16 in this 16-channel generator, not at 4x4) == the
+  default 'activations' form: a batch of 2 through shared weights (both upsampling paths),
+  and per-image parameter gradients under vmap (the tuning layout, with
+  batch-grouped weight gradients); an unknown modulation is refused."""
+  kw, params, per_image, w, noise = _tiny_per_image_setup(2)
+  for upsample, modulation in itertools.product(("dilated", "subpixel"), ("weights", "auto")):
+    a = stylegan2.Generator(16, upsample_impl=upsample, **kw).apply({"params": params}, w,
+                                                                     noise)
+    b = stylegan2.Generator(16, upsample_impl=upsample, modulation=modulation, **kw).apply(
+        {"params": params}, w, noise)
+    np.testing.assert_allclose(b, a, atol=1e-6 * float(jnp.abs(a).max()))
+  base = stylegan2.Generator(16, upsample_impl="subpixel", **kw)
+  fused = stylegan2.Generator(16, upsample_impl="subpixel", conv_impl="grouped",
+                              modulation="weights", **kw)
+  for x, y in zip(jax.tree_util.tree_leaves(_per_image_grads(base, per_image, w, noise)),
+                  jax.tree_util.tree_leaves(_per_image_grads(fused, per_image, w, noise))):
+    np.testing.assert_allclose(y, x, atol=1e-5 * float(jnp.abs(x).max()) + 1e-7)
+  with pytest.raises(ValueError, match="modulation"):
+    stylegan2.Generator(16, modulation="both", **kw).apply({"params": params}, w, noise)

@@ -11,11 +11,12 @@ memory traffic; see bench._cost_info) and the executable's memory. Modes:
   grad_params   d loss / d ALL generator params, one param copy PER IMAGE via vmap
   tune_step     the real stage-1 step (tuning.py), for every --schedules (per_image: one
                 generator copy per image; joint: the fast mode's one shared generator),
-                --upsample_impls and --conv_impls: LPIPS-VGG + 0.1 MSE at 256, Adam update (random LPIPS
-                weights). The configurations of one batch size are compiled together,
-                --compile_workers at a time, then timed one by one; --max_batch adds the
-                largest batch that the compiled memory says fits; --profile_batches breaks
-                the step down by HLO instruction (device time from a profiler trace).
+                --upsample_impls, --conv_impls and --modulations: LPIPS-VGG + 0.1 MSE at
+                256, Adam update (random LPIPS weights). The configurations of one batch
+                size are compiled together, --compile_workers at a time, then timed one by
+                one; --max_batch adds the largest batch that the compiled memory says fits;
+                --profile_batches breaks the step down by HLO instruction (device time from
+                a profiler trace); --cost_only only compiles and prints FLOPs and traffic.
   protect_step  the real stage-2 step (protect.py): per-image tuned generators, CLIP
                 (--clip_preset) with random perspective, --surrogates FR models, Adam
   end_to_end    one batch through tuning.tune (150 steps) + protect.prepare_constants +
@@ -51,6 +52,8 @@ flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture)
 flags.DEFINE_list("upsample_impls", ["dilated"], "Generator upsampling: dilated, subpixel.")
 flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs' weight gradients: xla, "
                   "grouped, tapwise (tune_step sweeps them; other modes use the first).")
+flags.DEFINE_list("modulations", ["activations"], "Generator modulation: activations, weights, auto "
+                  "(tune_step sweeps them; other modes use the first).")
 flags.DEFINE_list("schedules", ["per_image"], "tune_step: tuning schedules (per_image, joint).")
 flags.DEFINE_integer("compile_workers", 1, "tune_step: XLA compilations run at a time.")
 flags.DEFINE_list("profile_batches", [], "tune_step: batch sizes whose step is also traced "
@@ -118,7 +121,8 @@ def main(argv):
   for dtype, impl in itertools.product(FLAGS.dtypes, FLAGS.upsample_impls):
     model = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
                                 dtype=jnp.dtype(dtype), precision=precision,
-                                upsample_impl=impl, conv_impl=FLAGS.conv_impls[0])
+                                upsample_impl=impl, conv_impl=FLAGS.conv_impls[0],
+                                modulation=FLAGS.modulations[0])
     for mode in gen_modes:
       for bs in map(int, FLAGS.batch_sizes):
         wplus = jax.random.normal(jax.random.key(1), (bs, model.n_latent, model.style_dim))
@@ -177,27 +181,27 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
   lpips_model, lpips_vars, _ = weights.load_lpips("random", key)
-  gens = {(dtype, impl, conv): stylegan2.Generator(
+  gens = {(dtype, impl, conv, mod): stylegan2.Generator(
       FLAGS.size, channel_max=FLAGS.channel_max, dtype=jnp.dtype(dtype), precision=precision,
-      upsample_impl=impl, conv_impl=conv)
-          for dtype, impl, conv in itertools.product(FLAGS.dtypes, FLAGS.upsample_impls,
-                                                     FLAGS.conv_impls)}
+      upsample_impl=impl, conv_impl=conv, modulation=mod) for dtype, impl, conv, mod in
+      itertools.product(FLAGS.dtypes, FLAGS.upsample_impls, FLAGS.conv_impls,
+                        FLAGS.modulations)}
   first = next(iter(gens.values()))
   params = (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
                                    stylegan2.abstract_params(first)) if FLAGS.cost_only
             else stylegan2.init_params(first, key))   # the same for every config
   print(f"  [{time.strftime('%H:%M:%S')}] generator params initialised", flush=True)
 
-  def case(dtype, schedule, impl, conv, bs):
-    return bench.tune_step_case(gens[(dtype, impl, conv)], lpips_model, lpips_vars, params,
-                                schedule, bs)
+  def case(dtype, schedule, impl, conv, mod, bs):
+    return bench.tune_step_case(gens[(dtype, impl, conv, mod)], lpips_model, lpips_vars,
+                                params, schedule, bs)
 
   groups = list(itertools.product(FLAGS.dtypes, FLAGS.schedules, FLAGS.upsample_impls,
-                                  FLAGS.conv_impls))
+                                  FLAGS.conv_impls, FLAGS.modulations))
 
   def run(config, compiled_or_error):
-    dtype, schedule, impl, conv, bs = config
-    label = f"tune_step[{schedule},{impl},{conv}]"
+    dtype, schedule, impl, conv, mod, bs = config
+    label = f"tune_step[{schedule},{impl},{conv},{mod}]"
     extra = {}
     if isinstance(compiled_or_error, Exception):
       info, seconds = {"error": _short(compiled_or_error)}, float("nan")
@@ -213,7 +217,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
       try:
         seconds = bench.time_compiled(exe, make_args(), FLAGS.iters, carry)
         if str(bs) in FLAGS.profile_batches:
-          name = f"{schedule}_{impl}_{conv}_{dtype}_{bs}"
+          name = f"{schedule}_{impl}_{conv}_{mod}_{dtype}_{bs}"
           rows = bench.kernel_profile(exe, make_args(), 2, os.path.join(FLAGS.trace_dir, name),
                                       carry)
           extra = {"profile_ms_by_kind": bench.print_kernel_profile(
@@ -223,7 +227,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
         info, seconds = {**info, "error": _short(e)}, float("nan")
       gc.collect()
     r = {**bench.with_rate(info, seconds), "schedule": schedule, "upsample_impl": impl,
-         "conv_impl": conv}
+         "conv_impl": conv, "modulation": mod}
     return {**report(label, dtype, bs, r), **extra}
 
   def wave(configs):
@@ -242,8 +246,10 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
     progress(results)
   if FLAGS.max_batch:
     limit = bench.device_memory_bytes()
-    largest = {g: largest_fitting_batch([r for r in results if (
-        r["dtype"], r["schedule"], r["upsample_impl"], r["conv_impl"]) == g], limit)
+    def config_of(r):
+      return tuple(r[k] for k in ("dtype", "schedule", "upsample_impl", "conv_impl",
+                                  "modulation"))
+    largest = {g: largest_fitting_batch([r for r in results if config_of(r) == g], limit)
                for g in groups}
     results += [{**r, "largest_fitting_estimate": True} for r in wave(
         [g + (bs,) for g, bs in largest.items()
@@ -252,9 +258,9 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
 
 
 def largest_fitting_batch(results: list[dict], limit_bytes: float) -> int | None:
-  """The largest multiple of 8 (at most 128) whose memory (arguments + temporaries + outputs not aliased
-  to donated arguments, linear in the batch through the two largest measured batches)
-  stays under 92% of `limit_bytes`."""
+  """The largest multiple of 8 (at most 128) whose memory (arguments + temporaries + outputs
+  not aliased to donated arguments, linear in the batch through the two largest measured
+  batches) stays under 92% of `limit_bytes`."""
   import math
   pts = sorted((r["batch"], r["argument_size_bytes"] + r["temp_size_bytes"] +
                 r["output_size_bytes"] - r.get("alias_size_bytes", 0.0)) for r in results
@@ -289,7 +295,8 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
     gen = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
                               dtype=jnp.dtype(dtype), precision=precision,
                               upsample_impl=FLAGS.upsample_impls[0],
-                              conv_impl=FLAGS.conv_impls[0])
+                              conv_impl=FLAGS.conv_impls[0],
+                              modulation=FLAGS.modulations[0])
     params = stylegan2.init_params(gen, key)
     clip_model, clip_vars, _ = weights.load_clip(FLAGS.clip_preset, "random", key,
                                                  jnp.dtype(dtype))

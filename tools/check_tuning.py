@@ -24,6 +24,7 @@ flags.DEFINE_integer("batch", 4, "Images tuned together.")
 flags.DEFINE_integer("steps", 20, "Tuning steps.")
 flags.DEFINE_string("upsample_impl", "dilated", "dilated | subpixel.")
 flags.DEFINE_string("conv_impl", "xla", "xla | grouped | tapwise.")
+flags.DEFINE_string("modulation", "activations", "activations | weights | auto.")
 flags.DEFINE_string("json_out", None, "Also write the numbers to this JSON file.")
 FLAGS = flags.FLAGS
 
@@ -40,7 +41,8 @@ def main(argv):
 
   def generator(dtype):
     return stylegan2.Generator(FLAGS.size, dtype=jnp.dtype(dtype),
-                               upsample_impl=FLAGS.upsample_impl, conv_impl=FLAGS.conv_impl)
+                               upsample_impl=FLAGS.upsample_impl, conv_impl=FLAGS.conv_impl,
+                               modulation=FLAGS.modulation)
 
   fp32 = generator("float32")
   params = stylegan2.init_params(fp32, key)
@@ -62,7 +64,7 @@ def main(argv):
   ref, ref_losses = run("float32", b)
   out = {"device": jax.devices()[0].device_kind, "size": FLAGS.size, "batch": b,
          "steps": FLAGS.steps, "upsample_impl": FLAGS.upsample_impl,
-         "conv_impl": FLAGS.conv_impl,
+         "conv_impl": FLAGS.conv_impl, "modulation": FLAGS.modulation,
          "loss_first_last": [float(ref_losses[0, 0]), float(ref_losses[-1, 0])]}
   print(f"device {out['device']}, size {FLAGS.size}, {FLAGS.steps} steps; image 0's loss "
         f"{ref_losses[0, 0]:.4f} -> {ref_losses[-1, 0]:.4f} (float32, batch {b})")

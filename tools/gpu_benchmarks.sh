@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements for README's performance tables (issue 8), in one short run.
 #   bash tools/gpu_benchmarks.sh OUT_DIR
+#   PARTS="1 2" bash tools/gpu_benchmarks.sh OUT_DIR    (only those parts; default all five,
+#   so that two device calls can share the work and the compilation cache)
 # (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python: a quick CPU dry run.)
-# Writes OUT_DIR/{run.log, batch1.json, tune.json, conv_impls.json, joint.json, check.json}.
-# Parts run in order of importance, each under its own time limit (570 s in all); benchmark.py
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, conv_impls.json, modulation.json,
+# joint.json, check.json}.
+# Parts run in order of importance, each under its own time limit (590 s in all); benchmark.py
 # rewrites its JSON after every batch size and logs each compilation's start and end, so a
 # cut part still tells.
 # Compilations run one at a time: on an H100 (jax 0.11.2, 2026-11-26) a run that compiled
@@ -18,6 +21,14 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/c2p_jax_cache}
 log="$out/run.log"
 filter() { grep --line-buffered -v "^W0000\|^I0000\|libtpu" | tee -a "$log"; }
+parts=" ${PARTS:-1 2 3 4 5} "
+# part N SECONDS TOOL ARGS...: runs TOOL under a time limit if N is among $PARTS.
+part() {
+  local n=$1 seconds=$2; shift 2
+  [[ $parts == *" $n "* ]] || return 0
+  echo "== part $n ($seconds s) $(date +%T)" | filter
+  timeout "$seconds" $py "$@" 2>&1 | filter
+}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; $py -c \
   "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"; } \
   2>&1 | filter
@@ -25,23 +36,29 @@ tune=(--size=${SIZE:-1024} --modes=tune_step --iters=3 --profile_top=25)
 b=${BATCHES:-8,16,32}; b0=${b%%,*}
 # 1. Batch 1 at the paper's settings: the torch-shaped upsampling (the previous default) and
 #    the sub-pixel one, fp32, with a per-instruction profile of each.
-timeout 120 $py tools/benchmark.py "${tune[@]}" --schedules=per_image \
+part 1 120 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   --upsample_impls=subpixel,dilated --conv_impls=xla --dtypes=float32 --batch_sizes=1 \
-  --profile_batches=1 --json_out="$out/batch1.json" 2>&1 | filter
-# 2. Per-image generators with batch-grouped weight gradients (conv_impl=grouped: cuDNN's
-#    grouped backward-filter conv), bf16 and fp32 (TF32), batch 1 to the largest that fits.
-timeout 250 $py tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  --upsample_impls=subpixel --conv_impls=grouped --dtypes=bfloat16,float32 \
-  --batch_sizes=1,$b --profile_batches=$b0 --max_batch --json_out="$out/tune.json" 2>&1 | filter
-# 3. The same batch with the other weight-gradient forms: per-tap contractions, and JAX's
-#    default (feature-grouped: XLA runs it as a forward conv with a feature-map kernel).
-timeout 80 $py tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
-  --conv_impls=tapwise,xla --dtypes=bfloat16 --batch_sizes=$b0 --profile_batches=$b0 \
-  --json_out="$out/conv_impls.json" 2>&1 | filter
+  --profile_batches=1 --json_out="$out/batch1.json"
+# 2. Per-image generators with the fused modulation (modulation=auto) and batch-grouped
+#    weight gradients (conv_impl=grouped: cuDNN's grouped backward-filter conv), bf16 and
+#    fp32 (TF32), batch 1 to the largest that fits.
+part 2 240 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  --upsample_impls=subpixel --conv_impls=grouped --modulations=auto \
+  --dtypes=bfloat16,float32 --batch_sizes=1,$b --profile_batches=$b0 --max_batch \
+  --json_out="$out/tune.json"
+# 3. The same batch with the other weight-gradient forms (per-tap contractions; JAX's
+#    default, feature-grouped, which XLA runs as a forward conv with a feature-map kernel),
+#    then with the unfused modulation.
+part 3 80 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
+  --conv_impls=tapwise,xla --modulations=auto --dtypes=bfloat16 --batch_sizes=$b0 \
+  --profile_batches=$b0 --json_out="$out/conv_impls.json"
+part 3 45 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
+  --conv_impls=grouped --modulations=activations --dtypes=bfloat16 --batch_sizes=$b0 \
+  --json_out="$out/modulation.json"
 # 4. The joint fast mode (one generator per batch).
-timeout 70 $py tools/benchmark.py "${tune[@]}" --schedules=joint --upsample_impls=subpixel \
-  --conv_impls=grouped --dtypes=bfloat16 --batch_sizes=$b --json_out="$out/joint.json" \
-  2>&1 | filter
+part 4 60 tools/benchmark.py "${tune[@]}" --schedules=joint --upsample_impls=subpixel \
+  --conv_impls=grouped --dtypes=bfloat16 --batch_sizes=$b --json_out="$out/joint.json"
 # 5. Batched == alone and the bf16 error, on the device, config-f channels at 256.
-timeout 50 $py tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
-  --upsample_impl=subpixel --conv_impl=grouped --json_out="$out/check.json" 2>&1 | filter
+part 5 45 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
+  --upsample_impl=subpixel --conv_impl=grouped --modulation=auto \
+  --json_out="$out/check.json"

@@ -58,6 +58,7 @@ def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
 
 
 UPSAMPLE_IMPLS = ("dilated", "subpixel")
+MODULATIONS = ("activations", "weights", "auto")
 CONV_IMPLS = ("xla", "grouped", "tapwise")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -227,10 +228,13 @@ class ModulatedConv2d(nn.Module):
   """Modulated (and optionally demodulated, upsampling) convolution of StyleGAN2.
 
   x: [N, H, W, Cin], style: [N, style_dim] -> [N, H', W', Cout] with H' = 2H if upsample.
-  Computed in the "non-fused" form (modulate the input, convolve with the shared weight,
-  demodulate the output), which equals the per-sample weight form of the official code
-  and batches without grouped convolutions. Modulation and demodulation stay in float32;
-  only the convolution runs in `dtype`.
+  modulation "activations" (default): the "non-fused" form (modulate the input, convolve
+  with the shared weight, demodulate the output), which batches shared weights without
+  grouped convolutions; "weights": the official fused form (one modulated, demodulated
+  weight per sample), the same function with two full-resolution passes (and their
+  gradients) fewer; "auto": "weights" where the input and output maps are larger than the
+  weight (high resolutions), else "activations". Modulation and demodulation are computed
+  in float32; only the convolution runs in `dtype`.
   """
   out_channels: int
   kernel_size: int
@@ -244,6 +248,7 @@ class ModulatedConv2d(nn.Module):
   # folded into its kernel (no zero-inserted input, no separate blur pass).
   upsample_impl: str = "dilated"
   conv_impl: str = "xla"   # stride-1 convs: "xla" | "grouped" | "tapwise" (see conv_same)
+  modulation: str = "activations"   # | "weights" | "auto" (see above)
 
   @nn.compact
   def __call__(self, x: Array, style: Array) -> Array:
@@ -252,41 +257,62 @@ class ModulatedConv2d(nn.Module):
                         (k, k, in_ch, self.out_channels))
     s = EqualLinear(in_ch, bias_init=1.0, precision=self.precision, name="modulation")(style)
     w = weight * (1.0 / math.sqrt(in_ch * k * k))                   # [k, k, in, out]
-    x = x * s[:, None, None, :]
-    subpixel = self.upsample and self.upsample_impl == "subpixel"
     if self.upsample_impl not in UPSAMPLE_IMPLS:
       raise ValueError(f"upsample_impl must be one of {UPSAMPLE_IMPLS}, got "
                        f"{self.upsample_impl!r}")
+    if self.modulation not in MODULATIONS:
+      raise ValueError(f"modulation must be one of {MODULATIONS}, got {self.modulation!r}")
+    subpixel = self.upsample and self.upsample_impl == "subpixel"
     if subpixel and (k != 3 or len(self.blur_kernel) != 4):
       raise ValueError("subpixel upsampling is derived for a 3x3 kernel and a 4-tap blur")
-    if subpixel:
-      kernel = make_blur_kernel(self.blur_kernel) * 4
-      out = depth_to_space2(conv_same(
-          x.astype(self.dtype), subpixel_upsample_kernel(w, kernel).astype(self.dtype),
-          self.precision, self.conv_impl))
-    elif self.upsample:
-      # torch conv_transpose2d(stride 2, padding 0) == stride-1 conv of the zero-inserted
-      # input, padded by k-1, with the spatially flipped kernel.
-      half = jnp.dtype(self.dtype).itemsize < 4
-      out = jax.lax.conv_general_dilated(
-          x.astype(self.dtype), w[::-1, ::-1].astype(self.dtype), window_strides=(1, 1),
-          padding=((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(2, 2),
-          dimension_numbers=_NHWC, precision=self.precision,
-          preferred_element_type=jnp.float32 if half else None)
+    conv = functools.partial(_convolve, upsample=self.upsample, subpixel=subpixel,
+                             blur_kernel=tuple(self.blur_kernel), dtype=self.dtype,
+                             precision=self.precision, conv_impl=self.conv_impl)
+    in_px = x.shape[1] * x.shape[2]
+    if self.modulation == "weights" or (self.modulation == "auto" and (
+        in_px * in_ch + in_px * (4 if self.upsample else 1) * self.out_channels
+        > k * k * in_ch * self.out_channels)):
+      w_n = w[None] * s[:, None, None, :, None]                     # [N, k, k, in, out]
+      if self.demodulate:
+        w_n = w_n * jax.lax.rsqrt(jnp.sum(jnp.square(w_n), axis=(1, 2, 3), keepdims=True)
+                                  + 1e-8)
+      out = (conv(x, w_n[0]) if x.shape[0] == 1 else
+             jax.vmap(lambda xi, wi: conv(xi[None], wi)[0])(x, w_n))
     else:
-      out = conv_same(x.astype(self.dtype), w.astype(self.dtype), self.precision,
-                      self.conv_impl)
-    if self.demodulate:
-      # demod[n, o] = rsqrt(sum_{kh,kw,i} (w[kh,kw,i,o] * s[n,i])^2 + 1e-8)
-      w_sq = jnp.sum(jnp.square(w), axis=(0, 1))                    # [in, out]
-      demod = jax.lax.rsqrt(jnp.dot(jnp.square(s), w_sq, precision=self.precision) + 1e-8)
-      out = out * demod[:, None, None, :]
+      out = conv(x * s[:, None, None, :], w)
+      if self.demodulate:
+        # demod[n, o] = rsqrt(sum_{kh,kw,i} (w[kh,kw,i,o] * s[n,i])^2 + 1e-8)
+        w_sq = jnp.sum(jnp.square(w), axis=(0, 1))                  # [in, out]
+        demod = jax.lax.rsqrt(jnp.dot(jnp.square(s), w_sq, precision=self.precision) + 1e-8)
+        out = out * demod[:, None, None, :]
     if self.upsample and not subpixel:
       factor = 2
       p = len(self.blur_kernel) - factor - (k - 1)
       kernel = make_blur_kernel(self.blur_kernel) * factor ** 2
       out = upfirdn2d(out, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
     return out
+
+
+def _convolve(x: Array, w: Array, upsample: bool, subpixel: bool, blur_kernel: tuple,
+              dtype: Any, precision: Any, conv_impl: str) -> Array:
+  """The convolution of ModulatedConv2d with ONE weight w [k, k, in, out] (x [N, H, W, in]
+  already modulated, or w modulated): stride 1; or the upsampling transposed conv (before
+  its blur) or, subpixel, the transposed conv with its blur folded in."""
+  x, k = x.astype(dtype), w.shape[0]
+  if subpixel:
+    kernel = make_blur_kernel(blur_kernel) * 4
+    return depth_to_space2(conv_same(
+        x, subpixel_upsample_kernel(w, kernel).astype(dtype), precision, conv_impl))
+  if upsample:
+    # torch conv_transpose2d(stride 2, padding 0) == stride-1 conv of the zero-inserted
+    # input, padded by k-1, with the spatially flipped kernel.
+    half = jnp.dtype(dtype).itemsize < 4
+    return jax.lax.conv_general_dilated(
+        x, w[::-1, ::-1].astype(dtype), window_strides=(1, 1),
+        padding=((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(2, 2),
+        dimension_numbers=_NHWC, precision=precision,
+        preferred_element_type=jnp.float32 if half else None)
+  return conv_same(x, w.astype(dtype), precision, conv_impl)
 
 
 class StyledConv(nn.Module):
@@ -302,13 +328,15 @@ class StyledConv(nn.Module):
   precision: Any = None
   upsample_impl: str = "dilated"
   conv_impl: str = "xla"
+  modulation: str = "activations"
 
   @nn.compact
   def __call__(self, x: Array, style: Array, noise: Array) -> Array:
     out = ModulatedConv2d(self.out_channels, self.kernel_size, upsample=self.upsample,
                           blur_kernel=self.blur_kernel, dtype=self.dtype,
                           precision=self.precision, upsample_impl=self.upsample_impl,
-                          conv_impl=self.conv_impl, name="conv")(x, style)
+                          conv_impl=self.conv_impl, modulation=self.modulation,
+                          name="conv")(x, style)
     noise_weight = self.param("noise_weight", nn.initializers.zeros, (1,))
     out = out + noise_weight * noise
     bias = self.param("activate_bias", nn.initializers.zeros, (self.out_channels,))
@@ -324,11 +352,13 @@ class ToRGB(nn.Module):
   dtype: Any = jnp.float32
   precision: Any = None
   conv_impl: str = "xla"
+  modulation: str = "activations"
 
   @nn.compact
   def __call__(self, x: Array, style: Array, skip: Array | None) -> Array:
     out = ModulatedConv2d(3, 1, demodulate=False, dtype=self.dtype, precision=self.precision,
-                          conv_impl=self.conv_impl, name="conv")(x, style)
+                          conv_impl=self.conv_impl, modulation=self.modulation,
+                          name="conv")(x, style)
     out = out + self.param("bias", nn.initializers.zeros, (3,))
     if skip is not None:
       factor = 2

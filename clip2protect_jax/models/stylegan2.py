@@ -91,6 +91,7 @@ class Synthesis(nn.Module):
   precision: Any = None
   upsample_impl: str = "dilated"
   conv_impl: str = "xla"
+  modulation: str = "activations"
 
   @nn.compact
   def __call__(self, wplus: Array, noise: Sequence[Array]) -> Array:
@@ -102,7 +103,7 @@ class Synthesis(nn.Module):
       raise ValueError(f"expected {n_noise} noise maps for size {self.size}, got {len(noise)}")
     ch_at = lambda r: channels_at(r, self.channel_multiplier, self.channel_max)
     kw = dict(blur_kernel=self.blur_kernel, dtype=self.dtype, precision=self.precision,
-              conv_impl=self.conv_impl)
+              conv_impl=self.conv_impl, modulation=self.modulation)
     const = self.param("input", nn.initializers.normal(1.0), (4, 4, ch_at(4)))
     x = jnp.broadcast_to(const, (wplus.shape[0],) + const.shape)
     x = StyledConv(ch_at(4), name="conv1", **kw)(x, wplus[:, 0], noise[0])
@@ -137,12 +138,13 @@ class Generator(nn.Module):
   precision: Any = None              # lax precision for convs/matmuls (None = default)
   upsample_impl: str = "dilated"     # "subpixel": same function, see layers.ModulatedConv2d
   conv_impl: str = "xla"             # "grouped" | "tapwise": same function, see layers.conv_same
+  modulation: str = "activations"    # "weights" | "auto": same function, see ModulatedConv2d
 
   def setup(self):
     self.style = MappingNetwork(self.style_dim, self.n_mlp, self.lr_mlp, self.precision)
     self.synthesis = Synthesis(self.size, self.channel_multiplier, self.channel_max,
                                tuple(self.blur_kernel), self.dtype, self.precision,
-                               self.upsample_impl, self.conv_impl)
+                               self.upsample_impl, self.conv_impl, self.modulation)
 
   @property
   def n_latent(self) -> int:
