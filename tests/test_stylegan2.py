@@ -257,17 +257,17 @@ def _tiny_per_image_setup(batch):
 def test_conv_impls_are_the_same_function(conv_impl):
   """conv_impl 'grouped' / 'tapwise' (other weight-gradient formulations) == XLA's conv
   autodiff: values and per-image parameter gradients under vmap (the pivotal-tuning
-  layout), with both upsampling paths; an unknown conv_impl is refused."""
+  layout), with sub-pixel upsampling, which routes every generator conv through
+  layers.conv_same (the only place conv_impl acts); an unknown conv_impl is refused."""
   kw, params, per_image, w, noise = _tiny_per_image_setup(2)
-  for upsample in ("dilated", "subpixel"):
-    xla = stylegan2.Generator(16, upsample_impl=upsample, **kw)
-    other = stylegan2.Generator(16, upsample_impl=upsample, conv_impl=conv_impl, **kw)
-    a = xla.apply({"params": params}, w, noise)
-    np.testing.assert_allclose(other.apply({"params": params}, w, noise), a,
-                               atol=1e-6 * float(jnp.abs(a).max()))
-    for x, y in zip(jax.tree_util.tree_leaves(_per_image_grads(xla, per_image, w, noise)),
-                    jax.tree_util.tree_leaves(_per_image_grads(other, per_image, w, noise))):
-      np.testing.assert_allclose(y, x, atol=1e-5 * float(jnp.abs(x).max()) + 1e-7)
+  xla = stylegan2.Generator(16, upsample_impl="subpixel", **kw)
+  other = stylegan2.Generator(16, upsample_impl="subpixel", conv_impl=conv_impl, **kw)
+  a = xla.apply({"params": params}, w, noise)
+  np.testing.assert_allclose(other.apply({"params": params}, w, noise), a,
+                             atol=1e-6 * float(jnp.abs(a).max()))
+  for x, y in zip(jax.tree_util.tree_leaves(_per_image_grads(xla, per_image, w, noise)),
+                  jax.tree_util.tree_leaves(_per_image_grads(other, per_image, w, noise))):
+    np.testing.assert_allclose(y, x, atol=1e-5 * float(jnp.abs(x).max()) + 1e-7)
   with pytest.raises(ValueError, match="conv_impl"):
     stylegan2.Generator(16, conv_impl="fft", **kw).apply({"params": params}, w, noise)
 
