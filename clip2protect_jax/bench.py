@@ -1,7 +1,6 @@
 """Timing helpers for the benchmark tools (host side; prints nothing, asserts nothing)."""
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import re
 import time
@@ -35,39 +34,42 @@ def _compile_lowered(lowered: Any, lower_s: float) -> tuple[Any, dict[str, float
   return compiled, info
 
 
-def compile_many(jobs: Mapping[Hashable, tuple[Callable, tuple]], workers: int,
+def compile_many(jobs: Mapping[Hashable, tuple[Callable, tuple]],
                  log: Callable[[str], None] = lambda message: None
                  ) -> dict[Hashable, tuple[Any, dict[str, float]] | Exception]:
-  """compile_fn for every job; workers > 1 runs that many XLA compilations at a time in
-  threads (XLA compiles outside the GIL), 1 compiles on this thread. Lowering (tracing)
-  always stays on this thread. A job that fails to lower or compile maps to its exception.
-  log(message) hears when each job starts and ends compiling (a cut run shows where)."""
-  lowered, out = {}, {}
+  """compile_fn for every job, one at a time (on an H100, compiling 2-4 tuning steps at
+  once in threads finished none of them in 90-350 s). A job that fails to lower or compile
+  maps to its exception; log(message) hears when each job is lowered, starts and ends
+  compiling (a cut run shows where)."""
+  out = {}
   for key, (fn, args) in jobs.items():
     try:
       t0 = time.perf_counter()
-      lowered[key] = (fn.lower(*args), time.perf_counter() - t0)
-      log(f"lowered {key} in {lowered[key][1]:.1f} s")
+      lowered = fn.lower(*args)
+      lower_s = time.perf_counter() - t0
+      log(f"lowered {key} in {lower_s:.1f} s; compiling")
+      out[key] = _compile_lowered(lowered, lower_s)
+      log(f"compiled {key} in {out[key][1]['compile_s']:.1f} s")
     except Exception as e:  # noqa: BLE001 (recorded per job)
       out[key] = e
+  return out
 
-  def compile_one(key):
-    log(f"compiling {key}")
-    result = _compile_lowered(*lowered[key])
-    log(f"compiled {key} in {result[1]['compile_s']:.1f} s")
-    return result
 
-  def guarded(key):
-    try:
-      return compile_one(key)
-    except Exception as e:  # noqa: BLE001
-      return e
+def _warm_up(compiled: Any, args: tuple, carry: Callable[[Any, tuple], tuple] | None
+             ) -> tuple:
+  """One call of `compiled`, waited for; returns the next call's arguments (carry(out,
+  args) for steps that donate their state; default: the same args)."""
+  out = jax.block_until_ready(compiled(*args))
+  return carry(out, args) if carry else args
 
-  if workers <= 1:
-    return {**out, **{key: guarded(key) for key in lowered}}
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    futures = {key: pool.submit(guarded, key) for key in lowered}
-    return {**out, **{key: fut.result() for key, fut in futures.items()}}
+
+def _run(compiled: Any, args: tuple, calls: int,
+         carry: Callable[[Any, tuple], tuple] | None) -> None:
+  """`calls` calls of `compiled` (each fed the previous one's carry), waited for."""
+  for _ in range(calls):
+    out = compiled(*args)
+    args = carry(out, args) if carry else args
+  jax.block_until_ready(out)
 
 
 def time_compiled(compiled: Any, args: tuple, iters: int,
@@ -76,14 +78,9 @@ def time_compiled(compiled: Any, args: tuple, iters: int,
 
   carry(out, args) -> next args, for steps that donate their state (default: same args).
   """
-  step = carry or (lambda out, a: a)
-  out = jax.block_until_ready(compiled(*args))
-  args = step(out, args)
+  args = _warm_up(compiled, args, carry)
   t0 = time.perf_counter()
-  for _ in range(iters):
-    out = compiled(*args)
-    args = step(out, args)
-  jax.block_until_ready(out)
+  _run(compiled, args, iters, carry)
   return (time.perf_counter() - t0) / iters
 
 
@@ -207,14 +204,9 @@ def kernel_profile(compiled: Any, args: tuple, calls: int, trace_dir: str,
   import collections
   import glob
   import os
-  step = carry or (lambda out, a: a)
-  out = jax.block_until_ready(compiled(*args))
-  args = step(out, args)
+  args = _warm_up(compiled, args, carry)
   with jax.profiler.trace(trace_dir):
-    for _ in range(calls):
-      out = compiled(*args)
-      args = step(out, args)
-    jax.block_until_ready(out)
+    _run(compiled, args, calls, carry)
   paths = sorted(glob.glob(os.path.join(glob.escape(trace_dir), "**", "*.xplane.pb"),
                            recursive=True),
                  key=os.path.getmtime)

@@ -55,6 +55,28 @@ def make_optimizer(settings: TuningSettings) -> optax.GradientTransformation:
   return optax.adam(settings.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 
 
+def _adam_step(loss_fn: Callable, settings: TuningSettings) -> Callable:
+  """(gen_params, opt_state, *inputs) -> (gen_params, opt_state, aux): one Adam update on
+  loss_fn(gen_params, *inputs) -> (loss, aux)."""
+  optimizer = make_optimizer(settings)
+
+  def step(gen_params, opt_state, *inputs):
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(gen_params, *inputs)
+    updates, opt_state = optimizer.update(grads, opt_state, gen_params)
+    return optax.apply_updates(gen_params, updates), opt_state, aux
+
+  return step
+
+
+def _batch_losses(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
+                  gen_params, wplus0, noise, targets, lpips_params) -> Array:
+  """Per-image stage-1 losses [B] of the generator's reconstructions of wplus0 [B, ...]."""
+  x_hat = generator.apply({"params": gen_params}, wplus0, list(noise))
+  return lpips_mse_loss(lpips_model, lpips_params, x_hat, targets,
+                        size=settings.loss_resolution, mse_weight=settings.mse_weight,
+                        lpips_weight=settings.lpips_weight)
+
+
 def make_image_step(generator: Generator, lpips_model: LPIPS,
                     settings: TuningSettings) -> Callable:
   """One Adam step for ONE image.
@@ -62,20 +84,12 @@ def make_image_step(generator: Generator, lpips_model: LPIPS,
   (gen_params, opt_state, wplus0 [n_latent, D], noise [r, r, 1] maps, target [H, W, 3] in
   [-1, 1], lpips_params) -> (gen_params, opt_state, loss ()).
   """
-  optimizer = make_optimizer(settings)
-
   def loss_fn(gen_params, wplus0, noise, target, lpips_params):
-    x_hat = generator.apply({"params": gen_params}, wplus0[None], [n[None] for n in noise])
-    return lpips_mse_loss(lpips_model, lpips_params, x_hat, target[None],
-                          size=settings.loss_resolution, mse_weight=settings.mse_weight,
-                          lpips_weight=settings.lpips_weight)[0]
+    loss = _batch_losses(generator, lpips_model, settings, gen_params, wplus0[None],
+                         [n[None] for n in noise], target[None], lpips_params)[0]
+    return loss, loss
 
-  def step(gen_params, opt_state, wplus0, noise, target, lpips_params):
-    loss, grads = jax.value_and_grad(loss_fn)(gen_params, wplus0, noise, target, lpips_params)
-    updates, opt_state = optimizer.update(grads, opt_state, gen_params)
-    return optax.apply_updates(gen_params, updates), opt_state, loss
-
-  return step
+  return _adam_step(loss_fn, settings)
 
 
 def make_joint_step(generator: Generator, lpips_model: LPIPS,
@@ -87,22 +101,12 @@ def make_joint_step(generator: Generator, lpips_model: LPIPS,
   -> (gen_params, opt_state, per-image losses [B] before the update). The loss optimised is
   the weighted mean of the per-image losses.
   """
-  optimizer = make_optimizer(settings)
-
   def loss_fn(gen_params, wplus0, noise, targets, weights, lpips_params):
-    x_hat = generator.apply({"params": gen_params}, wplus0, list(noise))
-    per_image = lpips_mse_loss(lpips_model, lpips_params, x_hat, targets,
-                               size=settings.loss_resolution, mse_weight=settings.mse_weight,
-                               lpips_weight=settings.lpips_weight)
+    per_image = _batch_losses(generator, lpips_model, settings, gen_params, wplus0, noise,
+                              targets, lpips_params)
     return jnp.sum(per_image * weights) / jnp.sum(weights), per_image
 
-  def step(gen_params, opt_state, wplus0, noise, targets, weights, lpips_params):
-    (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        gen_params, wplus0, noise, targets, weights, lpips_params)
-    updates, opt_state = optimizer.update(grads, opt_state, gen_params)
-    return optax.apply_updates(gen_params, updates), opt_state, losses
-
-  return step
+  return _adam_step(loss_fn, settings)
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,6 +125,17 @@ def compiled_step(generator: Generator, lpips_model: LPIPS, settings: TuningSett
 
 def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _run_steps(step: Callable, params: Any, opt_state: Any, steps: int, *inputs
+               ) -> tuple[Any, Any, Array]:
+  """`steps` calls of step(params, opt_state, *inputs) -> (params, opt_state, loss);
+  returns the last params and opt_state and the losses stacked [steps, ...]."""
+  losses = []
+  for _ in range(steps):
+    params, opt_state, loss = step(params, opt_state, *inputs)
+    losses.append(loss)
+  return params, opt_state, jnp.stack(losses)
 
 
 class TuneResult(NamedTuple):
@@ -150,33 +165,24 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
     weights = jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights,
                                                                              jnp.float32)
     params = jax.tree_util.tree_map(jnp.copy, gen_params)   # the step donates its params
-    opt_state, losses = optimizer.init(params), []
-    for _ in range(settings.steps):
-      params, opt_state, loss = joint(params, opt_state, wplus0, list(noise), targets,
-                                      weights, lpips_params)
-      losses.append(loss)
-    return TuneResult(params, jnp.stack(losses), None, per_image=False)
+    params, _, losses = _run_steps(joint, params, optimizer.init(params), settings.steps,
+                                   wplus0, list(noise), targets, weights, lpips_params)
+    return TuneResult(params, losses, None, per_image=False)
   if settings.schedule == "per_image":
     batched = compiled_step(generator, lpips_model, step_settings, batched=True)
     params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape),
                                     gen_params)
-    opt_state = jax.vmap(optimizer.init)(params)
-    losses = []
-    for _ in range(settings.steps):
-      params, opt_state, loss = batched(params, opt_state, wplus0, list(noise), targets,
-                                        lpips_params)
-      losses.append(loss)
-    return TuneResult(params, jnp.stack(losses), None)
+    params, _, losses = _run_steps(batched, params, jax.vmap(optimizer.init)(params),
+                                   settings.steps, wplus0, list(noise), targets, lpips_params)
+    return TuneResult(params, losses, None)
 
   single = compiled_step(generator, lpips_model, step_settings, batched=False)
   params, opt_state = carry if carry is not None else (gen_params, optimizer.init(gen_params))
   snapshots, losses = [], []
   for i in range(n):  # official: the generator and Adam state carry over to image i+1
-    image_losses = []
-    for _ in range(settings.steps):
-      params, opt_state, loss = single(params, opt_state, wplus0[i], [m[i] for m in noise],
-                                       targets[i], lpips_params)
-      image_losses.append(loss)
+    params, opt_state, image_losses = _run_steps(
+        single, params, opt_state, settings.steps, wplus0[i], [m[i] for m in noise],
+        targets[i], lpips_params)
     snapshots.append(params)
-    losses.append(jnp.stack(image_losses))
+    losses.append(image_losses)
   return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1), (params, opt_state))

@@ -13,10 +13,10 @@ memory traffic; see bench._cost_info) and the executable's memory. Modes:
                 generator copy per image; joint: the fast mode's one shared generator),
                 --upsample_impls, --conv_impls and --modulations: LPIPS-VGG + 0.1 MSE at
                 256, Adam update (random LPIPS weights). The configurations of one batch
-                size are compiled together, --compile_workers at a time, then timed one by
-                one; --max_batch adds the largest batch that the compiled memory says fits;
-                --profile_batches breaks the step down by HLO instruction (device time from
-                a profiler trace); --cost_only only compiles and prints FLOPs and traffic.
+                size are compiled one after the other, then timed one by one; --max_batch
+                adds the largest batch that the compiled memory says fits; --profile_batches
+                breaks the step down by HLO instruction (device time from a profiler
+                trace); --cost_only only compiles and prints FLOPs and traffic.
   protect_step  the real stage-2 step (protect.py): per-image tuned generators, CLIP
                 (--clip_preset) with random perspective, --surrogates FR models, Adam
   end_to_end    one batch through tuning.tune (150 steps) + protect.prepare_constants +
@@ -55,7 +55,6 @@ flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs' weight gradi
 flags.DEFINE_list("modulations", ["activations"], "Generator modulation: activations, weights, auto "
                   "(tune_step sweeps them; other modes use the first).")
 flags.DEFINE_list("schedules", ["per_image"], "tune_step: tuning schedules (per_image, joint).")
-flags.DEFINE_integer("compile_workers", 1, "tune_step: XLA compilations run at a time.")
 flags.DEFINE_list("profile_batches", [], "tune_step: batch sizes whose step is also traced "
                   "(jax.profiler) and broken down by HLO instruction.")
 flags.DEFINE_integer("profile_top", 25, "tune_step: instructions printed per profile.")
@@ -167,9 +166,10 @@ def write_json(results: list[dict]) -> None:
 
 
 def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]:
-  """The stage-1 step for every dtype x schedule x upsampling x batch size at --size.
+  """The stage-1 step for every configuration (dtype, schedule, upsampling, conv form,
+  modulation) x batch size at --size.
 
-  Per batch size, compiles every configuration together (bench.compile_many, abstract
+  Per batch size, compiles every configuration first (bench.compile_many, abstract
   arguments: nothing is allocated), then times them one by one, allocating each one's state
   only while it runs; progress(results so far) after each batch size.
   """
@@ -236,8 +236,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
       step, make_args, _ = case(*config)
       jobs[config] = (step, jax.eval_shape(make_args))
     compiled = bench.compile_many(
-        jobs, FLAGS.compile_workers,
-        lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))
+        jobs, lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))
     return [run(config, compiled.pop(config)) for config in configs]
 
   results = []
