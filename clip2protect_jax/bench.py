@@ -34,6 +34,76 @@ def _compile_lowered(lowered: Any, lower_s: float) -> tuple[Any, dict[str, float
   return compiled, info
 
 
+# Compile-only GPU targets: XLA's GPU compiler needs these facts of a device, not the device
+# (JAX's CUDA plugin must be installed: `bash tools/setup.sh gpu-plan`). Name -> (device
+# description, memory bytes, HBM bytes/s); both are sm_90 parts with 132 SMs and 50 MB L2,
+# compiled against CUDA 12.8 / cuDNN 9.8.
+GPU_TARGETS = {"h100": ("NVIDIA H100 80GB HBM3", 84_929_347_584, 3.35e12),
+               "h200": ("NVIDIA H200", 150_754_820_096, 4.8e12)}
+
+
+def gpu_target_config(name: str) -> str:
+  """The GpuTargetConfigProto text (xla/stream_executor/device_description.proto) of
+  GPU_TARGETS[name]."""
+  description, memory, bandwidth = GPU_TARGETS[name]
+  device = dict(threads_per_block_limit=1024, threads_per_warp=32,
+                shared_memory_per_block=49152, shared_memory_per_core=233472,
+                threads_per_core_limit=2048, core_count=132, fpus_per_core=128,
+                block_dim_limit_x=2147483647, block_dim_limit_y=65535,
+                block_dim_limit_z=65535, memory_bandwidth=int(bandwidth),
+                l2_cache_size=52428800, clock_rate_ghz=1.98, device_memory_size=memory,
+                shared_memory_per_block_optin=232448, registers_per_core_limit=65536,
+                registers_per_block_limit=65536)
+  fields = "\n".join(f"  {k}: {v}" for k, v in device.items())
+  return (f"gpu_device_info {{\n{fields}\n  cuda_compute_capability {{ major: 9 minor: 0 }}\n}}\n"
+          "runtime_version { major: 12 minor: 8 patch: 0 }\n"
+          'platform_name: "CUDA"\ndnn_version_info { major: 9 minor: 8 }\n'
+          f'device_description_str: "{description}"\n')
+
+
+def gpu_target_device(name: str) -> Any:
+  """A compile-only device of GPU_TARGETS[name]: jit(...).lower(args placed on it by
+  place_abstract).compile() gives the optimised GPU program (its fusions, cuDNN calls and
+  memory), without a GPU and without running anything. Autotuning is off (no device), so
+  cuDNN algorithms are picked at run time; the plan and the memory are the GPU's."""
+  from jax.experimental import topologies
+  try:
+    return topologies.get_topology_desc(name, "cuda", target_config=gpu_target_config(name),
+                                        topology="1x1x1").devices[0]
+  except Exception as e:  # noqa: BLE001 (re-raised with what to do)
+    raise RuntimeError(
+        f"compiling for GPU target {name!r} without a GPU needs JAX's CUDA plugin: run "
+        "`bash tools/setup.sh gpu-plan` and use .venv-gpu-plan/bin/python "
+        f"({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def place_abstract(tree: Any, device: Any) -> Any:
+  """Abstract values (jax.eval_shape's ShapeDtypeStructs) placed on `device`."""
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  return jax.tree_util.tree_map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
+
+
+def conv_calls(compiled: Any) -> dict[str, int]:
+  """Convolution library calls of a compiled GPU program by cuDNN kind, plus
+  'weight gradient as forward conv (kernel = feature map)': forward convolutions whose
+  window is larger than 5x5, i.e. a weight gradient that XLA could not map to cuDNN's
+  backward-filter call and runs with the whole output-gradient map as its kernel (no
+  kernel of the tuned networks is larger than 4x4; a weight gradient at 4x4 pixels is
+  missed)."""
+  import collections
+  counts = collections.Counter()
+  for line in compiled.as_text().splitlines():
+    target = re.search(r'custom_call_target="__cudnn\$(conv\w*)"', line)
+    if not target or "custom-call(" not in line:
+      continue
+    counts[target.group(1)] += 1
+    window = re.search(r"window=\{size=(\d+)x(\d+)", line)
+    if "Forward" in target.group(1) and window and int(window.group(1)) > 5:
+      counts["weight gradient as forward conv (kernel = feature map)"] += 1
+  return dict(counts)
+
+
 def compile_many(jobs: Mapping[Hashable, tuple[Callable, tuple]],
                  log: Callable[[str], None] = lambda message: None
                  ) -> dict[Hashable, tuple[Any, dict[str, float]] | Exception]:
@@ -143,10 +213,13 @@ def hlo_op_lines(compiled: Any) -> dict[str, str]:
 
 
 def hlo_category(line: str) -> str:
-  """A coarse kind for one optimised-HLO instruction line (GPU names; CPU falls to opcode)."""
+  """A coarse kind for one optimised-HLO instruction line (GPU names; CPU falls to opcode),
+  read off the instruction's own name, opcode and attributes, not its operands' names."""
+  own = _OPERANDS.sub("()", line.split(", metadata=")[0], count=1)
   kinds = (("convBackwardFilter", "conv, weight gradient (cuDNN)"),
            ("convBackwardInput", "conv, input gradient (cuDNN)"),
            ("convForward", "conv, forward (cuDNN)"),
+           ("convBiasActivationForward", "conv, forward (cuDNN)"),
            ("__cudnn$fusion", "cuDNN fusion"),
            ("__cublas", "matmul (cuBLAS)"), ("gemm", "matmul (cuBLAS)"),
            (" convolution(", "convolution"), (" dot(", "dot"),
@@ -154,7 +227,7 @@ def hlo_category(line: str) -> str:
            ("kind=kInput", "input fusion (reduction)"), ("kind=kOutput", "output fusion"),
            (" copy(", "copy / layout change"), (" transpose(", "copy / layout change"),
            ("custom-call", "other custom call"), (" fusion(", "other fusion"))
-  return next((kind for key, kind in kinds if key in line), "other")
+  return next((kind for key, kind in kinds if key in own), "other")
 
 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
@@ -162,6 +235,8 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16
 _SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s*=\s*(.*?)\s([a-z][a-z\-]*)\((.*)$")
 _NO_TRAFFIC = ("parameter", "get-tuple-element", "tuple", "bitcast", "constant")
+_OPERANDS = re.compile(r"\((?:\s*(?:/\*index=\d+\*/)?%[^\s,()]+,?)*\s*\)")
+_COMPUTATION = re.compile(r"^%?(\S+) \(.*\) -> .* \{$")
 
 
 def _shape_bytes(text: str) -> int:
@@ -169,13 +244,45 @@ def _shape_bytes(text: str) -> int:
              for dtype, dims in _SHAPE.findall(text))
 
 
+def _sliced_parameter_reads(text: str) -> dict[str, dict[int, int]]:
+  """Per fused computation: parameter number -> the bytes it reads, for the parameters that
+  are only sliced (a fusion reading a slice of a large buffer reads only the slice)."""
+  out, name, params, users = {}, None, {}, {}
+  for line in text.splitlines():
+    head = _COMPUTATION.match(line)
+    if head:
+      name, params, users = head.group(1), {}, {}
+      continue
+    if name is None:
+      continue
+    if line.startswith("}"):
+      reads = {number: sum(size for _, size in users[param]) for param, number in
+               params.items() if users.get(param) and
+               all(op in ("slice", "dynamic-slice") for op, _ in users[param])}
+      if reads:
+        out[name] = reads
+      name = None
+      continue
+    match = _INSTRUCTION.match(line.split(", metadata=")[0])
+    if not match:
+      continue
+    inst, shape, opcode, operands = match.groups()
+    if opcode == "parameter":
+      params[inst] = int(operands.partition(")")[0])
+    for op in re.findall(r"%([^\s,()]+)", operands):
+      users.setdefault(op, []).append((opcode, _shape_bytes(shape)))
+  return out
+
+
 def hlo_traffic(compiled: Any) -> list[dict[str, Any]]:
   """Memory traffic per instruction of the compiled program's entry computation, assuming
-  each instruction (a fusion, a library call, a copy) reads its operands and writes its
-  result once: rows {category (hlo_category), source (the JAX op), bytes}, largest first.
-  Their sum is the traffic floor of this fusion plan: sum / HBM bandwidth bounds the step
-  from below (XLA's own 'bytes accessed' also counts traffic inside fusions)."""
+  each instruction (a fusion, a library call, a copy) reads its operands (or the slices of
+  them that a fusion reads) and writes its result once: rows {category (hlo_category),
+  source (the JAX op), bytes}, largest first. Their sum is the traffic floor of this fusion
+  plan: sum / HBM bandwidth bounds the step from below (XLA's own 'bytes accessed' also
+  counts traffic inside fusions)."""
   text = compiled.as_text()
+  sliced = _sliced_parameter_reads(text)
   entry = text[text.index("\nENTRY"):]
   sizes, rows = {}, []
   for line in entry[:entry.index("\n}")].splitlines()[1:]:
@@ -186,7 +293,10 @@ def hlo_traffic(compiled: Any) -> list[dict[str, Any]]:
     sizes[name] = _shape_bytes(shape)
     if opcode in _NO_TRAFFIC:
       continue
-    read = sum(sizes.get(op, 0) for op in re.findall(r"%([^\s,()]+)", operands))
+    calls = re.search(r"calls=%([^\s,]+)", line)
+    partial = sliced.get(calls.group(1), {}) if calls else {}
+    read = sum(partial.get(i, sizes.get(op, 0))
+               for i, op in enumerate(re.findall(r"%([^\s,()]+)", operands)))
     rows.append({"category": hlo_category(line), "source": _source_op(line),
                  "bytes": sizes[name] + read})
   return sorted(rows, key=lambda r: -r["bytes"])

@@ -52,8 +52,8 @@ flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture)
 flags.DEFINE_list("upsample_impls", ["dilated"], "Generator upsampling: dilated, subpixel.")
 flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs' weight gradients: xla, "
                   "grouped, tapwise (tune_step sweeps them; other modes use the first).")
-flags.DEFINE_list("modulations", ["activations"], "Generator modulation: activations, weights, auto "
-                  "(tune_step sweeps them; other modes use the first).")
+flags.DEFINE_list("modulations", ["activations"], "Generator modulation: activations, weights, "
+                  "auto (tune_step sweeps them; other modes use the first).")
 flags.DEFINE_list("schedules", ["per_image"], "tune_step: tuning schedules (per_image, joint).")
 flags.DEFINE_list("profile_batches", [], "tune_step: batch sizes whose step is also traced "
                   "(jax.profiler) and broken down by HLO instruction.")
@@ -65,6 +65,11 @@ flags.DEFINE_bool("cost_only", False, "tune_step: compile (abstractly, zero weig
                   "print XLA's FLOPs, bytes accessed and the memory-traffic floor by kind "
                   "and layer (bench.hlo_traffic) without running anything: the roofline of "
                   "a size/batch this device cannot run.")
+flags.DEFINE_enum("target", None, ["h100", "h200"], "tune_step, implies --cost_only: compile "
+                  "for this GPU without one (bench.gpu_target_device; needs `bash "
+                  "tools/setup.sh gpu-plan`, run with .venv-gpu-plan/bin/python) and print its "
+                  "fusion plan's traffic floor, memory and cuDNN calls (with --max_batch, "
+                  "also for the largest batch that fits its memory).")
 flags.DEFINE_string("clip_preset", "ViT-B/32", "CLIP architecture for protect_step.")
 flags.DEFINE_list("surrogates", ["ir152", "irse50", "mobile_face"], "FR surrogates.")
 flags.DEFINE_integer("tune_steps", 150, "end_to_end: stage-1 steps.")
@@ -95,12 +100,18 @@ def main(argv):
   import numpy as np
   from clip2protect_jax.models import stylegan2
 
+  if FLAGS.target and set(FLAGS.modes) != {"tune_step"}:
+    raise app.UsageError("--target compiles the tuning step only: pass --modes=tune_step")
+  if FLAGS.target:   # runs on the CPU; the CUDA plugin only compiles (no cuInit)
+    jax.config.update("jax_platforms", "cpu")
   precision = None if FLAGS.precision == "default" else FLAGS.precision
   key = jax.random.key(0)
   base = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max, precision=precision)
   params = stylegan2.init_params(base, key)
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"jax {jax.__version__}, size {FLAGS.size}, precision {FLAGS.precision}")
+        f"jax {jax.__version__}, size {FLAGS.size}, precision {FLAGS.precision}"
+        + (f"; compiling for {bench.GPU_TARGETS[FLAGS.target][0]} (no run)" if FLAGS.target
+           else ""))
 
   def make_fn(model, mode):
     def loss(p, w, n):
@@ -159,7 +170,8 @@ def write_json(results: list[dict]) -> None:
   if not FLAGS.json_out:
     return
   with open(FLAGS.json_out, "w") as f:
-    json.dump({"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+    json.dump({"device": jax.devices()[0].device_kind, "target": FLAGS.target,
+               "backend": jax.default_backend(),
                "jax": jax.__version__, "size": FLAGS.size, "precision": FLAGS.precision,
                "peak_device_bytes": bench.peak_device_bytes(), "results": results}, f,
               indent=2)
@@ -180,6 +192,8 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
   from clip2protect_jax import weights
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
+  cost_only = FLAGS.cost_only or bool(FLAGS.target)
+  target = bench.gpu_target_device(FLAGS.target) if FLAGS.target else None
   lpips_model, lpips_vars, _ = weights.load_lpips("random", key)
   gens = {(dtype, impl, conv, mod): stylegan2.Generator(
       FLAGS.size, channel_max=FLAGS.channel_max, dtype=jnp.dtype(dtype), precision=precision,
@@ -188,7 +202,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
                         FLAGS.modulations)}
   first = next(iter(gens.values()))
   params = (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                   stylegan2.abstract_params(first)) if FLAGS.cost_only
+                                   stylegan2.abstract_params(first)) if cost_only
             else stylegan2.init_params(first, key))   # the same for every config
   print(f"  [{time.strftime('%H:%M:%S')}] generator params initialised", flush=True)
 
@@ -205,12 +219,18 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
     extra = {}
     if isinstance(compiled_or_error, Exception):
       info, seconds = {"error": _short(compiled_or_error)}, float("nan")
-    elif FLAGS.cost_only:
-      info, seconds = compiled_or_error[1], float("nan")
-      rows = bench.hlo_traffic(compiled_or_error[0])
+    elif cost_only:
+      exe, info = compiled_or_error
+      seconds, rows = float("nan"), bench.hlo_traffic(exe)
       extra = {"traffic_floor_bytes": float(sum(r["bytes"] for r in rows)),
                "traffic_by_kind": bench.print_traffic(f"{label} {dtype} batch {bs}", rows,
                                                       bs, FLAGS.profile_top)}
+      if target is not None:
+        extra["conv_calls"] = bench.conv_calls(exe)
+        ms = extra["traffic_floor_bytes"] / bench.GPU_TARGETS[FLAGS.target][2] * 1e3 / bs
+        print(f"  cuDNN convolutions: {extra['conv_calls']}\n  at full HBM bandwidth: "
+              f"{ms:.2f} ms/image-step, {ms * FLAGS.tune_steps / 1e3:.2f} s/image for "
+              f"{FLAGS.tune_steps} steps\n", flush=True)
     else:
       exe, info = compiled_or_error
       _, make_args, carry = case(*config)
@@ -234,7 +254,8 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
     jobs = {}
     for config in configs:
       step, make_args, _ = case(*config)
-      jobs[config] = (step, jax.eval_shape(make_args))
+      abstract = jax.eval_shape(make_args)
+      jobs[config] = (step, bench.place_abstract(abstract, target) if target else abstract)
     compiled = bench.compile_many(
         jobs, lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))
     return [run(config, compiled.pop(config)) for config in configs]
@@ -244,7 +265,8 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
     results += wave([g + (bs,) for g in groups])
     progress(results)
   if FLAGS.max_batch:
-    limit = bench.device_memory_bytes()
+    limit = (bench.GPU_TARGETS[FLAGS.target][1] if FLAGS.target
+             else bench.device_memory_bytes())
     def config_of(r):
       return tuple(r[k] for k in ("dtype", "schedule", "upsample_impl", "conv_impl",
                                   "modulation"))

@@ -1,9 +1,27 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the pinned requirements; re-running is cheap (a stamp file
-# records what was installed). Usage: bash tools/setup.sh        # runtime only
-#                                     bash tools/setup.sh dev    # + tests, torch (CPU)
+# records what was installed). Usage: bash tools/setup.sh           # runtime only
+#                                     bash tools/setup.sh dev       # + tests, torch (CPU)
+#                                     bash tools/setup.sh gpu-plan  # + .venv-gpu-plan
+# gpu-plan: a second venv that sees .venv's packages and adds JAX's CUDA plugin, for
+# `.venv-gpu-plan/bin/python tools/benchmark.py --target=h100` (compiles for a GPU on a
+# machine without one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "gpu-plan" ]]; then
+  bash tools/setup.sh
+  [[ -x .venv-gpu-plan/bin/python ]] || python3 -m venv .venv-gpu-plan
+  site_of() { "$1" -c "import site; print(site.getsitepackages()[0])"; }
+  site_of .venv/bin/python > "$(site_of .venv-gpu-plan/bin/python)/clip2protect-venv.pth"
+  if ! .venv-gpu-plan/bin/python -m pip install --quiet --disable-pip-version-check \
+      -r requirements-gpu-plan.txt > .venv-gpu-plan/pip.log 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" .venv-gpu-plan/pip.log \
+      | tail -20 >&2
+    echo "setup: pip install -r requirements-gpu-plan.txt failed" >&2
+    exit 1
+  fi
+  exit 0
+fi
 req=requirements.txt
 [[ "${1:-}" == "dev" ]] && req=requirements-dev.txt
 [[ -x .venv/bin/python ]] || python3 -m venv .venv

@@ -64,17 +64,19 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv_same_xla(x: Array, w: Array, precision: Any) -> Array:
-  """Stride-1 conv, odd square kernel, zero 'same' padding; fp32 accumulation."""
+  """Stride-1 conv, odd square kernel, zero 'same' padding, output in x's dtype (accumulated
+  in float32 by cuDNN and XLA's CPU convolutions). Half precision in, half out: a float32
+  output (preferred_element_type) is a mixed-type conv that XLA's GPU backend runs by
+  converting the inputs to float32, i.e. a float32 conv with float32 maps in memory."""
   p = w.shape[0] // 2
-  out_type = jnp.float32 if jnp.dtype(x.dtype).itemsize < 4 else None
   return jax.lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC,
-                                      precision=precision, preferred_element_type=out_type)
+                                      precision=precision)
 
 
 def _with_weight_grad(weight_grad: Callable[[Array, Array, int, Any], Array]) -> Callable:
   """_conv_same_xla (x [N, H, W, I], w [k, k, I, O] -> [N, H, W, O]) with its weight gradient
-  computed by weight_grad(x, dy, k, precision) -> [k, k, I, O] float32; the input gradient
-  stays XLA's."""
+  computed by weight_grad(x, dy, k, precision) -> [k, k, I, O]; the input gradient stays
+  XLA's."""
   @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
   def conv(x, w, precision=None):
     return _conv_same_xla(x, w, precision)
@@ -107,13 +109,13 @@ def _backward_filter_conv(x: Array, dy: Array, k: int, precision: Any, groups: i
                           ) -> Array:
   """The weight gradient of a 'same' conv as ONE convolution in XLA's backward-filter form:
   x [N, H, W, G*I] (the pixels' channels as its batch), dy [N, H, W, G*O] (the kernel) ->
-  [k, k, I, G*O] float32, group g pairing x's channels g*I.. with dy's g*O.. through
+  [k, k, I, G*O] in x's dtype, group g pairing x's channels g*I.. with dy's g*O.. through
   batch_group_count = G, the form that XLA's GPU backend runs as cuDNN's (grouped)
   backward-filter convolution."""
   p = k // 2
   return jax.lax.conv_general_dilated(
       x, dy, (1, 1), ((p, p), (p, p)), dimension_numbers=("CHWN", "IHWO", "HWNC"),
-      batch_group_count=groups, precision=precision, preferred_element_type=jnp.float32)
+      batch_group_count=groups, precision=precision)
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,7 +151,7 @@ conv_same_grouped = _with_weight_grad(
 
 
 def conv_same(x: Array, w: Array, precision: Any = None, impl: str = "xla") -> Array:
-  """Stride-1 'same' conv (odd k), output float32 when x is half precision. impl (the same
+  """Stride-1 'same' conv (odd k), output in x's dtype (see _conv_same_xla). impl (the same
   values and gradients; what differs is how the WEIGHT gradient is formed under vmap over
   per-image weights): 'xla' (lax conv and JAX's autodiff), 'grouped' (conv_same_grouped) or
   'tapwise' (conv_same_tapwise)."""
@@ -234,7 +236,7 @@ class ModulatedConv2d(nn.Module):
   weight per sample), the same function with two full-resolution passes (and their
   gradients) fewer; "auto": "weights" where the input and output maps are larger than the
   weight (high resolutions), else "activations". Modulation and demodulation are computed
-  in float32; only the convolution runs in `dtype`.
+  in float32; the convolution runs in `dtype` and returns `dtype`.
   """
   out_channels: int
   kernel_size: int
@@ -306,19 +308,20 @@ def _convolve(x: Array, w: Array, upsample: bool, subpixel: bool, blur_kernel: t
   if upsample:
     # torch conv_transpose2d(stride 2, padding 0) == stride-1 conv of the zero-inserted
     # input, padded by k-1, with the spatially flipped kernel.
-    half = jnp.dtype(dtype).itemsize < 4
     return jax.lax.conv_general_dilated(
         x, w[::-1, ::-1].astype(dtype), window_strides=(1, 1),
         padding=((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(2, 2),
-        dimension_numbers=_NHWC, precision=precision,
-        preferred_element_type=jnp.float32 if half else None)
+        dimension_numbers=_NHWC, precision=precision)
   return conv_same(x, w.astype(dtype), precision, conv_impl)
 
 
 class StyledConv(nn.Module):
   """ModulatedConv2d + noise injection + fused leaky ReLU (bias).
 
-  x: [N, H, W, Cin], style: [N, style_dim], noise broadcastable to [N, H', W', 1].
+  x: [N, H, W, Cin], style: [N, style_dim], noise broadcastable to [N, H', W', 1] ->
+  [N, H', W', Cout] in `dtype`: the noise, bias and activation are computed in float32 and
+  the result stored in `dtype` (with bfloat16, every map between layers, and its gradient,
+  is half the memory traffic).
   """
   out_channels: int
   kernel_size: int = 3
@@ -340,7 +343,7 @@ class StyledConv(nn.Module):
     noise_weight = self.param("noise_weight", nn.initializers.zeros, (1,))
     out = out + noise_weight * noise
     bias = self.param("activate_bias", nn.initializers.zeros, (self.out_channels,))
-    return fused_leaky_relu(out, bias)
+    return fused_leaky_relu(out, bias).astype(self.dtype)
 
 
 class ToRGB(nn.Module):

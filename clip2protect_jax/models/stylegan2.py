@@ -134,7 +134,8 @@ class Generator(nn.Module):
   channel_max: int = 512             # 512 = rosinality; smaller only for tiny test models
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   lr_mlp: float = 0.01
-  dtype: Any = jnp.float32           # convolution compute dtype; modulation stays float32
+  dtype: Any = jnp.float32           # convs and maps between layers; modulation, noise,
+                                     # bias, activation math and the image stay float32
   precision: Any = None              # lax precision for convs/matmuls (None = default)
   upsample_impl: str = "dilated"     # "subpixel": same function, see layers.ModulatedConv2d
   conv_impl: str = "xla"             # "grouped" | "tapwise": same function, see layers.conv_same
