@@ -106,8 +106,6 @@ def main(argv):
     jax.config.update("jax_platforms", "cpu")
   precision = None if FLAGS.precision == "default" else FLAGS.precision
   key = jax.random.key(0)
-  base = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max, precision=precision)
-  params = stylegan2.init_params(base, key)
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}, size {FLAGS.size}, precision {FLAGS.precision}"
         + (f"; compiling for {bench.GPU_TARGETS[FLAGS.target][0]} (no run)" if FLAGS.target
@@ -128,6 +126,9 @@ def main(argv):
     golden_precision_report(FLAGS.golden, precision)
   outputs, results = {}, []
   gen_modes = [m for m in FLAGS.modes if m in ("synth", "grad_wplus", "grad_params")]
+  if gen_modes:
+    params = stylegan2.init_params(stylegan2.Generator(
+        FLAGS.size, channel_max=FLAGS.channel_max, precision=precision), key)
   for dtype, impl in itertools.product(FLAGS.dtypes, FLAGS.upsample_impls):
     model = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
                                 dtype=jnp.dtype(dtype), precision=precision,
