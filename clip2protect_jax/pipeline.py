@@ -156,8 +156,8 @@ def load_models(config) -> Loaded:
   gen = weights_lib.load_generator(config.generator, inversion.generator_key(config.seed))
   lpips_model, lpips_vars, lpips_desc = (None, None, "not used (lpips_weight 0)")
   if config.tune.lpips_weight:
-    lpips_model, lpips_vars, lpips_desc = weights_lib.load_lpips(config.tune.lpips_weights,
-                                                                 lpips_key)
+    lpips_model, lpips_vars, lpips_desc = weights_lib.load_lpips(
+        config.tune.lpips_weights, lpips_key, jnp.dtype(config.tune.lpips_dtype))
   clip_model, clip_vars, clip_desc = weights_lib.load_clip(
       config.clip.preset, config.clip.weights, clip_key, jnp.dtype(config.clip.dtype))
   fr_params, fr_desc = {}, {}

@@ -148,14 +148,16 @@ def load_clip(preset: str, weights: str, key: jax.Array, dtype: Any = jnp.float3
   return model, variables, f"CLIP {preset}: {os.path.abspath(weights)}"
 
 
-def load_lpips(weights: str, key: jax.Array):
+def load_lpips(weights: str, key: jax.Array, dtype: Any = jnp.float32):
   """(LPIPS module, variables {'params'}, description) from an orbax folder or 'random'.
+  dtype: the VGG trunk's compute dtype (bfloat16: half the memory traffic of the tuning
+  loss; weights, normalisation and the distance stay float32).
 
   'random': seeded init with non-negative heads (as trained heads are), a distance but
   not a perceptual one.
   """
   from clip2protect_jax.models.lpips import LPIPS
-  model = LPIPS()
+  model = LPIPS(dtype=dtype)
   x = jnp.zeros((1, 32, 32, 3))
   if weights == "random":
     variables = jax.tree_util.tree_map_with_path(

@@ -12,7 +12,8 @@ memory traffic; see bench._cost_info) and the executable's memory. Modes:
   tune_step     the real stage-1 step (tuning.py), for every --schedules (per_image: one
                 generator copy per image; joint: the fast mode's one shared generator),
                 --upsample_impls, --conv_impls and --modulations: LPIPS-VGG + 0.1 MSE at
-                256, Adam update (random LPIPS weights). The configurations of one batch
+                256, Adam update (random LPIPS weights; LPIPS's VGG runs in the row's
+                dtype, i.e. bf16 rows = generator.dtype and tune.lpips_dtype bfloat16). The configurations of one batch
                 size are compiled one after the other, then timed one by one; --max_batch
                 adds the largest batch that the compiled memory says fits; --profile_batches
                 breaks the step down by HLO instruction (device time from a profiler
@@ -195,7 +196,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
   key = jax.random.key(0)
   cost_only = FLAGS.cost_only or bool(FLAGS.target)
   target = bench.gpu_target_device(FLAGS.target) if FLAGS.target else None
-  lpips_model, lpips_vars, _ = weights.load_lpips("random", key)
+  lpips = {d: weights.load_lpips("random", key, jnp.dtype(d))[:2] for d in FLAGS.dtypes}
   gens = {(dtype, impl, conv, mod): stylegan2.Generator(
       FLAGS.size, channel_max=FLAGS.channel_max, dtype=jnp.dtype(dtype), precision=precision,
       upsample_impl=impl, conv_impl=conv, modulation=mod) for dtype, impl, conv, mod in
@@ -208,7 +209,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
   print(f"  [{time.strftime('%H:%M:%S')}] generator params initialised", flush=True)
 
   def case(dtype, schedule, impl, conv, mod, bs):
-    return bench.tune_step_case(gens[(dtype, impl, conv, mod)], lpips_model, lpips_vars,
+    return bench.tune_step_case(gens[(dtype, impl, conv, mod)], *lpips[dtype],
                                 params, schedule, bs)
 
   groups = list(itertools.product(FLAGS.dtypes, FLAGS.schedules, FLAGS.upsample_impls,
@@ -310,10 +311,10 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
   from clip2protect_jax import protect, tuning, weights
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
-  lpips_model, lpips_vars, _ = weights.load_lpips("random", key)
   ts = tuning.TuningSettings(steps=FLAGS.tune_steps, schedule=FLAGS.schedules[0])
   results = []
   for dtype in FLAGS.dtypes:
+    lpips_model, lpips_vars, _ = weights.load_lpips("random", key, jnp.dtype(dtype))
     gen = stylegan2.Generator(FLAGS.size, channel_max=FLAGS.channel_max,
                               dtype=jnp.dtype(dtype), precision=precision,
                               upsample_impl=FLAGS.upsample_impls[0],

@@ -4,7 +4,8 @@
 
 Runs tuning.tune (the production path, random weights, random targets) for --steps steps on
 --batch images at once and on image 0 alone, in float32, and on the batch in bfloat16
-compute (float32 master weights and Adam), then renders every tuned generator in float32
+compute (generator.dtype and tune.lpips_dtype bfloat16; float32 master weights and Adam),
+then renders every tuned generator in float32
 and prints, against the float32 batched reconstruction of image 0: max-abs error, error
 relative to the image's range, and rel-L2. Batched == alone is what the CPU tests assert on
 a tiny generator; this shows it (and the bf16 error) on the real architecture and device.
@@ -37,7 +38,8 @@ def main(argv):
   from clip2protect_jax import tuning, weights
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
-  lpips_model, lpips_vars, _ = weights.load_lpips("random", key)
+  lpips = {d: weights.load_lpips("random", key, jnp.dtype(d))[:2]
+           for d in ("float32", "bfloat16")}
 
   def generator(dtype):
     return stylegan2.Generator(FLAGS.size, dtype=jnp.dtype(dtype),
@@ -56,6 +58,7 @@ def main(argv):
                                                        [m[None] for m in n])[0]))
 
   def run(dtype, n):
+    lpips_model, lpips_vars = lpips[dtype]
     tuned = tuning.tune(generator(dtype), lpips_model, ts, params, lpips_vars, wplus0[:n],
                         [m[:n] for m in noise], targets[:n])
     image0 = np.asarray(render(tuned.params, wplus0[:n], [m[:n] for m in noise])[0])
