@@ -13,11 +13,13 @@ memory traffic; see bench._cost_info) and the executable's memory. Modes:
                 generator copy per image; joint: the fast mode's one shared generator),
                 --upsample_impls, --conv_impls and --modulations: LPIPS-VGG + 0.1 MSE at
                 256, Adam update (random LPIPS weights; LPIPS's VGG runs in the row's
-                dtype, i.e. bf16 rows = generator.dtype and tune.lpips_dtype bfloat16). The configurations of one batch
-                size are compiled one after the other, then timed one by one; --max_batch
-                adds the largest batch that the compiled memory says fits; --profile_batches
-                breaks the step down by HLO instruction (device time from a profiler
-                trace); --cost_only only compiles and prints FLOPs and traffic.
+                dtype, i.e. bf16 rows = generator.dtype and tune.lpips_dtype bfloat16).
+                The configurations of one batch size are compiled one after the other,
+                then timed one by one; --max_batch adds the largest batch that the
+                compiled memory says fits; --profile_batches breaks the step down by HLO
+                instruction (device time from a profiler trace); --cost_only only compiles
+                and prints FLOPs and traffic; --target compiles for an H100/H200 without
+                one.
   protect_step  the real stage-2 step (protect.py): per-image tuned generators, CLIP
                 (--clip_preset) with random perspective, --surrogates FR models, Adam
   end_to_end    one batch through tuning.tune (150 steps) + protect.prepare_constants +
