@@ -4,9 +4,9 @@
 #   PARTS="1 2" bash tools/gpu_benchmarks.sh OUT_DIR    (only those parts; default all five,
 #   so that two device calls can share the work and the compilation cache)
 # (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python: a quick CPU dry run.)
-# Writes OUT_DIR/{run.log, batch1.json, tune.json, conv_impls.json, modulation.json,
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, tune_fp32.json, conv_impls.json,
 # joint.json, check.json}.
-# Parts run in order of importance, each under its own time limit (590 s in all); benchmark.py
+# Parts run in order of importance, each under its own time limit (570 s in all); benchmark.py
 # rewrites its JSON after every batch size and logs each compilation's start and end, so a
 # cut part still tells.
 # Compilations run one at a time: on an H100 (jax 0.11.2, 2026-11-26) a run that compiled
@@ -39,26 +39,25 @@ b=${BATCHES:-8,16,32}; b0=${b%%,*}
 part 1 120 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   --upsample_impls=subpixel,dilated --conv_impls=xla --dtypes=float32 --batch_sizes=1 \
   --profile_batches=1 --json_out="$out/batch1.json"
-# 2. Per-image generators with the fused modulation (modulation=auto) and batch-grouped
-#    weight gradients (conv_impl=grouped: cuDNN's grouped backward-filter conv), bf16 and
-#    fp32 (TF32), batch 1 to the largest that fits.
-part 2 240 tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  --upsample_impls=subpixel --conv_impls=grouped --modulations=auto \
-  --dtypes=bfloat16,float32 --batch_sizes=1,$b --profile_batches=$b0 --max_batch \
+# 2. The configuration the compiled plan favours (README, "The GPU's own plan"): per-image
+#    generators, sub-pixel upsampling, batch-grouped weight gradients (cuDNN backward-filter
+#    calls), fused modulation at high resolutions, bf16 generator and LPIPS; batch 1 to the
+#    largest that fits, with a per-instruction profile.
+best=(--upsample_impls=subpixel --conv_impls=grouped --modulations=auto)
+part 2 220 tools/benchmark.py "${tune[@]}" --schedules=per_image "${best[@]}" \
+  --dtypes=bfloat16 --batch_sizes=1,$b --profile_batches=$b0 --max_batch \
   --json_out="$out/tune.json"
-# 3. The same batch with the other weight-gradient forms (per-tap contractions; JAX's
-#    default, feature-grouped, which XLA runs as a forward conv with a feature-map kernel),
-#    then with the unfused modulation.
-part 3 80 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
-  --conv_impls=tapwise,xla --modulations=auto --dtypes=bfloat16 --batch_sizes=$b0 \
+# 3. The same in fp32 (TF32), then bf16 with JAX's own weight gradients (conv_impl=xla:
+#    forward convs with feature-map kernels in the plan).
+part 3 90 tools/benchmark.py "${tune[@]}" --schedules=per_image "${best[@]}" \
+  --dtypes=float32 --batch_sizes=1,$b0 --json_out="$out/tune_fp32.json"
+part 3 50 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
+  --conv_impls=xla --modulations=auto --dtypes=bfloat16 --batch_sizes=$b0 \
   --profile_batches=$b0 --json_out="$out/conv_impls.json"
-part 3 45 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
-  --conv_impls=grouped --modulations=activations --dtypes=bfloat16 --batch_sizes=$b0 \
-  --json_out="$out/modulation.json"
 # 4. The joint fast mode (one generator per batch).
-part 4 60 tools/benchmark.py "${tune[@]}" --schedules=joint --upsample_impls=subpixel \
-  --conv_impls=grouped --dtypes=bfloat16 --batch_sizes=$b --json_out="$out/joint.json"
+part 4 50 tools/benchmark.py "${tune[@]}" --schedules=joint "${best[@]}" --dtypes=bfloat16 \
+  --batch_sizes=$b0 --json_out="$out/joint.json"
 # 5. Batched == alone and the bf16 error, on the device, config-f channels at 256.
-part 5 45 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
+part 5 40 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
   --upsample_impl=subpixel --conv_impl=grouped --modulation=auto \
   --json_out="$out/check.json"
