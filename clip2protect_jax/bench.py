@@ -203,13 +203,9 @@ def device_memory_bytes() -> float:
 
 def hlo_op_lines(compiled: Any) -> dict[str, str]:
   """Instruction name -> its line, for every instruction of the compiled (optimised) HLO."""
-  lines = {}
-  for line in compiled.as_text().splitlines():
-    head = line.strip().removeprefix("ROOT ")
-    name, sep, _ = head.partition(" = ")
-    if sep and " " not in name:
-      lines[name.lstrip("%")] = head
-  return lines
+  return {match.group(1): line.strip().removeprefix("ROOT ")
+          for line in compiled.as_text().splitlines()
+          if (match := _INSTRUCTION.match(line))}
 
 
 def hlo_category(line: str) -> str:

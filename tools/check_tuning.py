@@ -6,8 +6,9 @@ Runs tuning.tune (the production path, random weights, random targets) for --ste
 --batch images at once and on image 0 alone, in float32, and on the batch in bfloat16
 compute (generator.dtype and tune.lpips_dtype bfloat16; float32 master weights and Adam),
 then renders every tuned generator in float32 and prints, against the float32 batched
-reconstruction of image 0: max-abs error, error relative to the image's range, and rel-L2. Batched == alone is what the CPU tests assert on
-a tiny generator; this shows it (and the bf16 error) on the real architecture and device.
+reconstruction of image 0: max-abs error, error relative to the image's range, and rel-L2.
+Batched == alone is what the CPU tests assert on a tiny generator; this shows it (and the
+bf16 error) on the real architecture and device.
 """
 from __future__ import annotations
 
