@@ -361,12 +361,9 @@ def tune_step_case(generator: Any, lpips_model: Any, lpips_vars: Any, gen_params
   parameter copy per image for per_image, one shared set for joint; jax.eval_shape of it
   gives the abstract arguments for compiling), carry(out, args) the next call's arguments.
   """
-  import jax.numpy as jnp
-
   from clip2protect_jax import tuning
   from clip2protect_jax.models import stylegan2
   settings = tuning.TuningSettings(steps=0, schedule=schedule)
-  optimizer = tuning.make_optimizer(settings)
   size = generator.size
 
   def make_args():
@@ -375,11 +372,9 @@ def tune_step_case(generator: Any, lpips_model: Any, lpips_vars: Any, gen_params
     noise = stylegan2.make_noise(jax.random.key(2), size, batch)
     targets = jax.random.uniform(jax.random.key(4), (batch, size, size, 3), minval=-1,
                                  maxval=1)
-    if schedule == "joint":
-      p = jax.tree_util.tree_map(jnp.copy, gen_params)
-      return (p, optimizer.init(p), wplus0, noise, targets, jnp.ones((batch,)), lpips_vars)
-    p = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape), gen_params)
-    return (p, jax.vmap(optimizer.init)(p), wplus0, noise, targets, lpips_vars)
+    target = tuning.prepare_target(lpips_model, settings, lpips_vars, targets)
+    return (*tuning.initial_state(settings, gen_params, batch),
+            *tuning.batch_inputs(settings, wplus0, noise, target, lpips_vars))
 
   def carry(out, args):   # params and optimiser state are donated: feed the new ones
     return (out[0], out[1]) + tuple(args[2:])

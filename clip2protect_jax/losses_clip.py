@@ -123,8 +123,37 @@ def directional_clip_loss(img_x0_raw, img_raw, text_src, text_tgt) -> jax.Array:
   return jnp.mean(1.0 - jnp.sum(delta * text_direction(text_src, text_tgt), axis=-1))
 
 
-def lpips_mse_loss(lpips_model: LPIPS, lpips_params: Any, x_hat: jax.Array, x: jax.Array,
-                   size: int = 256, mse_weight: float = 0.1,
+class TuningTarget(NamedTuple):
+  """The target side of the stage-1 loss, computed once per image (it never changes)."""
+  image: jax.Array              # (N, size, size, 3): the target nearest-resized, [-1, 1]
+  features: tuple | None        # LPIPS.features of `image`; None when lpips_weight is 0
+
+
+def tuning_target(lpips_model: LPIPS | None, lpips_params: Any, x: jax.Array, size: int = 256,
+                  lpips_weight: float = 1.0) -> TuningTarget:
+  """(N, H, W, 3) targets in [-1, 1] -> their TuningTarget at the loss resolution."""
+  image = resize_nearest(x, (size, size))
+  if not lpips_weight:
+    return TuningTarget(image, None)
+  return TuningTarget(image, tuple(lpips_model.apply(lpips_params, image,
+                                                     method=LPIPS.features)))
+
+
+def lpips_mse_loss_to_target(lpips_model: LPIPS | None, lpips_params: Any, x_hat: jax.Array,
+                             target: TuningTarget, mse_weight: float = 0.1,
+                             lpips_weight: float = 1.0) -> jax.Array:
+  """`lpips_mse_loss` against a prepared target: x_hat (N, H, W, 3) in [-1, 1] -> (N,)."""
+  a = resize_nearest(x_hat, target.image.shape[1:3])
+  mse = jnp.mean((a - target.image) ** 2, axis=(1, 2, 3))
+  if not lpips_weight:  # MSE only: the LPIPS network is not run at all
+    return mse_weight * mse
+  feats = lpips_model.apply(lpips_params, a, method=LPIPS.features)
+  return (lpips_weight * lpips_model.apply(lpips_params, feats, target.features,
+                                           method=LPIPS.distance) + mse_weight * mse)
+
+
+def lpips_mse_loss(lpips_model: LPIPS | None, lpips_params: Any, x_hat: jax.Array,
+                   x: jax.Array, size: int = 256, mse_weight: float = 0.1,
                    lpips_weight: float = 1.0) -> jax.Array:
   """Stage-1 (pivotal tuning) loss per image: LPIPS(x̂, x) + 0.1 * mean((x̂ - x)^2), both
   images first resized to size x size by torch's legacy nearest (`F.interpolate(size=256)`).
@@ -132,9 +161,6 @@ def lpips_mse_loss(lpips_model: LPIPS, lpips_params: Any, x_hat: jax.Array, x: j
   x_hat, x: (N, H, W, 3) in [-1, 1] -> (N,). The official code runs batch 1 and uses
   LPIPS(...).sum() + 0.1 * MSELoss(mean); summing this over N gives the same for N = 1.
   """
-  a = resize_nearest(x_hat, (size, size))
-  b = resize_nearest(x, (size, size))
-  mse = jnp.mean((a - b) ** 2, axis=(1, 2, 3))
-  if not lpips_weight:  # MSE only: the LPIPS network is not run at all
-    return mse_weight * mse
-  return lpips_weight * lpips_model.apply(lpips_params, a, b) + mse_weight * mse
+  return lpips_mse_loss_to_target(lpips_model, lpips_params, x_hat,
+                                  tuning_target(lpips_model, lpips_params, x, size,
+                                                lpips_weight), mse_weight, lpips_weight)

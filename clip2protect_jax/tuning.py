@@ -16,7 +16,9 @@ Three schedules:
              it scales with batch size; a face's result depends on its batch-mates.
 per_image and cumulative return one tuned parameter set per image (a pytree with a leading
 image axis); joint returns the single shared set (TuneResult.per_image False), which stage 2
-runs unbatched. Nothing is pickled.
+runs unbatched. The loss's target side (the photo resized to 256 and its LPIPS-VGG
+features) never changes, so `prepare_target` computes it once per batch and each step runs
+the VGG trunk on the reconstructions only. Nothing is pickled.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from clip2protect_jax.losses_clip import lpips_mse_loss
+from clip2protect_jax.losses_clip import (TuningTarget, lpips_mse_loss_to_target,
+                                          tuning_target)
 from clip2protect_jax.models.lpips import LPIPS
 from clip2protect_jax.models.stylegan2 import Generator
 
@@ -69,24 +72,25 @@ def _adam_step(loss_fn: Callable, settings: TuningSettings) -> Callable:
 
 
 def _batch_losses(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
-                  gen_params, wplus0, noise, targets, lpips_params) -> Array:
+                  gen_params, wplus0, noise, target: TuningTarget, lpips_params) -> Array:
   """Per-image stage-1 losses [B] of the generator's reconstructions of wplus0 [B, ...]."""
   x_hat = generator.apply({"params": gen_params}, wplus0, list(noise))
-  return lpips_mse_loss(lpips_model, lpips_params, x_hat, targets,
-                        size=settings.loss_resolution, mse_weight=settings.mse_weight,
-                        lpips_weight=settings.lpips_weight)
+  return lpips_mse_loss_to_target(lpips_model, lpips_params, x_hat, target,
+                                  mse_weight=settings.mse_weight,
+                                  lpips_weight=settings.lpips_weight)
 
 
 def make_image_step(generator: Generator, lpips_model: LPIPS,
                     settings: TuningSettings) -> Callable:
   """One Adam step for ONE image.
 
-  (gen_params, opt_state, wplus0 [n_latent, D], noise [r, r, 1] maps, target [H, W, 3] in
-  [-1, 1], lpips_params) -> (gen_params, opt_state, loss ()).
+  (gen_params, opt_state, wplus0 [n_latent, D], noise [r, r, 1] maps, target (the image's
+  TuningTarget, without the batch axis), lpips_params) -> (gen_params, opt_state, loss ()).
   """
   def loss_fn(gen_params, wplus0, noise, target, lpips_params):
+    target = jax.tree_util.tree_map(lambda x: x[None], target)
     loss = _batch_losses(generator, lpips_model, settings, gen_params, wplus0[None],
-                         [n[None] for n in noise], target[None], lpips_params)[0]
+                         [n[None] for n in noise], target, lpips_params)[0]
     return loss, loss
 
   return _adam_step(loss_fn, settings)
@@ -96,17 +100,48 @@ def make_joint_step(generator: Generator, lpips_model: LPIPS,
                     settings: TuningSettings) -> Callable:
   """One Adam step of ONE generator on a whole batch (schedule 'joint').
 
-  (gen_params, opt_state, wplus0 [B, n_latent, D], noise [B, r, r, 1] maps, targets
-  [B, H, W, 3] in [-1, 1], weights [B] (1 = a real face, 0 = batch padding), lpips_params)
+  (gen_params, opt_state, wplus0 [B, n_latent, D], noise [B, r, r, 1] maps, target (the
+  batch's TuningTarget), weights [B] (1 = a real face, 0 = batch padding), lpips_params)
   -> (gen_params, opt_state, per-image losses [B] before the update). The loss optimised is
   the weighted mean of the per-image losses.
   """
-  def loss_fn(gen_params, wplus0, noise, targets, weights, lpips_params):
+  def loss_fn(gen_params, wplus0, noise, target, weights, lpips_params):
     per_image = _batch_losses(generator, lpips_model, settings, gen_params, wplus0, noise,
-                              targets, lpips_params)
+                              target, lpips_params)
     return jnp.sum(per_image * weights) / jnp.sum(weights), per_image
 
   return _adam_step(loss_fn, settings)
+
+
+@functools.partial(jax.jit, static_argnames=("lpips_model", "settings"))
+def prepare_target(lpips_model: LPIPS | None, settings: TuningSettings, lpips_params: Any,
+                   targets: Array) -> TuningTarget:
+  """targets [N, H, W, 3] in [-1, 1] -> their TuningTarget (resized image and LPIPS
+  features), computed once per batch instead of in each of the steps."""
+  return tuning_target(lpips_model, lpips_params, targets, settings.loss_resolution,
+                       settings.lpips_weight)
+
+
+def initial_state(settings: TuningSettings, gen_params: Any, n: int) -> tuple[Any, Any]:
+  """(params, opt_state) the joint or per_image schedule starts n images from: one fresh
+  copy of gen_params (joint; the step donates it) or n copies with n Adam states."""
+  optimizer = make_optimizer(settings)
+  if settings.schedule == "joint":
+    params = jax.tree_util.tree_map(jnp.copy, gen_params)
+    return params, optimizer.init(params)
+  params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), gen_params)
+  return params, jax.vmap(optimizer.init)(params)
+
+
+def batch_inputs(settings: TuningSettings, wplus0: Array, noise: Sequence[Array],
+                 target: TuningTarget, lpips_params: Any, weights: Array | None = None
+                 ) -> tuple:
+  """The joint / per_image step's arguments after (params, opt_state); weights (joint
+  only) default to 1 for every image."""
+  if settings.schedule != "joint":
+    return wplus0, list(noise), target, lpips_params
+  weights = jnp.ones(wplus0.shape[:1]) if weights is None else weights
+  return wplus0, list(noise), target, jnp.asarray(weights, jnp.float32), lpips_params
 
 
 @functools.lru_cache(maxsize=8)
@@ -157,32 +192,23 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   weights (joint only): [N], 0 for batch padding that must not pull the shared generator;
   None = all 1.
   """
-  optimizer = make_optimizer(settings)
-  n = wplus0.shape[0]
   step_settings = dataclasses.replace(settings, steps=0)  # one compilation for any steps
-  if settings.schedule == "joint":
-    joint = compiled_step(generator, lpips_model, step_settings)
-    weights = jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights,
-                                                                             jnp.float32)
-    params = jax.tree_util.tree_map(jnp.copy, gen_params)   # the step donates its params
-    params, _, losses = _run_steps(joint, params, optimizer.init(params), settings.steps,
-                                   wplus0, list(noise), targets, weights, lpips_params)
-    return TuneResult(params, losses, None, per_image=False)
-  if settings.schedule == "per_image":
-    batched = compiled_step(generator, lpips_model, step_settings, batched=True)
-    params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape),
-                                    gen_params)
-    params, _, losses = _run_steps(batched, params, jax.vmap(optimizer.init)(params),
-                                   settings.steps, wplus0, list(noise), targets, lpips_params)
-    return TuneResult(params, losses, None)
+  target = prepare_target(lpips_model, step_settings, lpips_params, targets)
+  if settings.schedule in ("joint", "per_image"):
+    params, _, losses = _run_steps(
+        compiled_step(generator, lpips_model, step_settings),
+        *initial_state(settings, gen_params, wplus0.shape[0]), settings.steps,
+        *batch_inputs(settings, wplus0, noise, target, lpips_params, weights))
+    return TuneResult(params, losses, None, per_image=settings.schedule == "per_image")
 
   single = compiled_step(generator, lpips_model, step_settings, batched=False)
-  params, opt_state = carry if carry is not None else (gen_params, optimizer.init(gen_params))
+  params, opt_state = carry if carry is not None else (
+      gen_params, make_optimizer(settings).init(gen_params))
   snapshots, losses = [], []
-  for i in range(n):  # official: the generator and Adam state carry over to image i+1
+  for i in range(wplus0.shape[0]):  # official: generator and Adam state carry over
     params, opt_state, image_losses = _run_steps(
         single, params, opt_state, settings.steps, wplus0[i], [m[i] for m in noise],
-        targets[i], lpips_params)
+        jax.tree_util.tree_map(lambda x: x[i], target), lpips_params)
     snapshots.append(params)
     losses.append(image_losses)
   return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1), (params, opt_state))

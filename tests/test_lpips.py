@@ -118,3 +118,20 @@ def test_bfloat16_trunk_close_to_the_official_float32_output(manifest):
   assert out.dtype == jnp.float32
   rel = np.abs(np.asarray(out) - g["out"].reshape(-1)) / np.abs(g["out"].reshape(-1))
   assert 1e-5 < rel.max() < 3e-2, rel   # 3.9e-3 and 4.5e-3 on this CPU
+
+
+def test_features_once_then_distance_is_the_official_output(manifest):
+  """Stage 1 computes the target's features once (LPIPS.features) and each step's
+  distance from them (LPIPS.distance): the same numbers as one __call__ and the golden."""
+  from clip2protect_jax.parity import lpips as lpips_parity
+  from clip2protect_jax.parity.recipe import load_arrays
+  g = load_arrays(GOLDEN, manifest["models"]["lpips_vgg"]["file"])
+  x0, x1 = (np.transpose(g[k], (0, 2, 3, 1)) for k in ("in0", "in1"))
+  model, params = LPIPS(), lpips_parity.recipe_params(manifest)
+  f0, f1 = (model.apply(params, x, method=LPIPS.features) for x in (x0, x1))
+  assert [f.shape[1:] for f in f0] == [(64, 64, 64), (32, 32, 128), (16, 16, 256),
+                                       (8, 8, 512), (4, 4, 512)]
+  total, per_layer = model.apply(params, f0, f1, per_layer=True, method=LPIPS.distance)
+  np.testing.assert_allclose(total, model.apply(params, x0, x1), rtol=1e-6)
+  np.testing.assert_allclose(total, g["out"].reshape(-1), rtol=1e-5)
+  np.testing.assert_allclose(per_layer, g["per_layer"].reshape(per_layer.shape), rtol=1e-5)

@@ -5,7 +5,7 @@
 #   so that two device calls can share the work and the compilation cache)
 # (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python: a quick CPU dry run.)
 # Writes OUT_DIR/{run.log, batch1.json, tune.json, tune_fp32.json, conv_impls.json,
-# joint.json, check.json}.
+# joint.json, check.json, report.txt} (report.txt: tools/gpu_report.py's table and verdict).
 # Parts run in order of importance, each under its own time limit (570 s in all); benchmark.py
 # rewrites its JSON after every batch size and logs each compilation's start and end, so a
 # cut part still tells.
@@ -61,3 +61,6 @@ part 4 50 tools/benchmark.py "${tune[@]}" --schedules=joint "${best[@]}" --dtype
 part 5 40 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
   --upsample_impl=subpixel --conv_impl=grouped --modulation=auto \
   --json_out="$out/check.json"
+# The README table, the verdict against the targets and the profiles by kind.
+echo "== report $(date +%T)" | filter
+$py tools/gpu_report.py "$out" 2>&1 | tee "$out/report.txt" | filter

@@ -43,7 +43,7 @@ def ablation(dtype: str, bs: int) -> list[dict]:
   import jax.numpy as jnp
   import optax
   from clip2protect_jax import tuning, weights
-  from clip2protect_jax.losses_clip import lpips_mse_loss
+  from clip2protect_jax.losses_clip import lpips_mse_loss_to_target
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
   gen = stylegan2.Generator(FLAGS.size, dtype=jnp.dtype(dtype))
@@ -52,16 +52,18 @@ def ablation(dtype: str, bs: int) -> list[dict]:
   lp, lp_vars, _ = weights.load_lpips("random", key)
   w = jax.random.normal(key, (bs, gen.n_latent, 512))
   noise = stylegan2.make_noise(key, FLAGS.size, bs)
-  target = jax.random.uniform(key, (bs, FLAGS.size, FLAGS.size, 3), minval=-1, maxval=1)
+  image = jax.random.uniform(key, (bs, FLAGS.size, FLAGS.size, 3), minval=-1, maxval=1)
+  target = tuning.prepare_target(lp, tuning.TuningSettings(), lp_vars, image)
 
   def render(p, wi, ni):
     return gen.apply({"params": p}, wi[None], [m[None] for m in ni])
 
-  def gen_only(p, wi, ni, ti):
-    return jnp.mean(jnp.square(render(p, wi, ni) - ti[None]))
+  def gen_only(p, wi, ni, xi):
+    return jnp.mean(jnp.square(render(p, wi, ni) - xi[None]))
 
   def with_loss(p, wi, ni, ti):
-    return lpips_mse_loss(lp, lp_vars, render(p, wi, ni), ti[None])[0]
+    target_i = jax.tree_util.tree_map(lambda x: x[None], ti)
+    return lpips_mse_loss_to_target(lp, lp_vars, render(p, wi, ni), target_i)[0]
 
   opt = tuning.make_optimizer(tuning.TuningSettings())
 
@@ -71,9 +73,9 @@ def ablation(dtype: str, bs: int) -> list[dict]:
     return optax.apply_updates(p, u), s
 
   out = []
-  for name, fn in (("generator_fwd_bwd", jax.grad(gen_only)),
-                   ("+lpips_mse_loss", jax.grad(with_loss))):
-    r = bench.compile_and_time(jax.jit(jax.vmap(fn)), (per_image, w, noise, target),
+  for name, fn, last in (("generator_fwd_bwd", jax.grad(gen_only), image),
+                         ("+lpips_mse_loss", jax.grad(with_loss), target)):
+    r = bench.compile_and_time(jax.jit(jax.vmap(fn)), (per_image, w, noise, last),
                                FLAGS.iters)
     out.append({"view": "ablation", "part": name, "dtype": dtype, "batch": bs, **r})
   state = jax.vmap(opt.init)(per_image)

@@ -43,25 +43,45 @@ class VGG16Features(nn.Module):
 
 
 class LPIPS(nn.Module):
-  """LPIPS-VGG v0.1. `__call__(x0, x1)` -> (N,); with per_layer=True also (5, N)."""
+  """LPIPS-VGG v0.1. `__call__(x0, x1)` -> (N,); with per_layer=True also (5, N).
+
+  The two halves as methods (`apply(..., method=LPIPS.features)` / `LPIPS.distance`), so a
+  fixed image's features can be computed once: distance(features(x0), features(x1)) is
+  __call__(x0, x1), which runs both images through the trunk as one batch.
+  """
   dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x0, x1, per_layer: bool = False):
-    acc = jnp.promote_types(self.dtype, jnp.float32)  # norms/means in >= float32
-    shift = self.param("shift", lambda *_: jnp.asarray(LPIPS_SHIFT, jnp.float32))
-    scale = self.param("scale", lambda *_: jnp.asarray(LPIPS_SCALE, jnp.float32))
-    n = x0.shape[0]
-    x = jnp.concatenate([x0, x1], axis=0)
-    x = ((x - shift.astype(x.dtype)) / scale.astype(x.dtype)).astype(self.dtype)
-    feats = VGG16Features(self.dtype, name="vgg")(x)
-    terms = []
-    for k, f in enumerate(feats):
-      f = f.astype(acc)
-      f = f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-10)
-      diff = (f[:n] - f[n:]) ** 2
-      w = self.param(f"lin{k}", nn.initializers.normal(0.01), (f.shape[-1],), jnp.float32)
-      terms.append(jnp.mean(jnp.einsum("nhwc,c->nhw", diff, w.astype(acc)), axis=(1, 2)))
-    terms = jnp.stack(terms)
+  def setup(self):
+    self.shift = self.param("shift", lambda *_: jnp.asarray(LPIPS_SHIFT, jnp.float32))
+    self.scale = self.param("scale", lambda *_: jnp.asarray(LPIPS_SCALE, jnp.float32))
+    self.vgg = VGG16Features(self.dtype)
+    self.lin = [self.param(f"lin{k}", nn.initializers.normal(0.01), (chans[-1],), jnp.float32)
+                for k, chans in enumerate(VGG16_CHANNELS)]
+
+  @property
+  def _accumulation_dtype(self) -> Dtype:
+    return jnp.promote_types(self.dtype, jnp.float32)   # norms/means in >= float32
+
+  def features(self, x):
+    """(N, H, W, 3) in [-1, 1] -> the 5 VGG feature maps [(N, H/2^k, W/2^k, C_k)], each
+    unit-normalised over channels, in the accumulation dtype (>= float32)."""
+    x = ((x - self.shift.astype(x.dtype)) / self.scale.astype(x.dtype)).astype(self.dtype)
+    feats = []
+    for f in self.vgg(x):
+      f = f.astype(self._accumulation_dtype)
+      feats.append(f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-10))
+    return feats
+
+  def distance(self, feats0, feats1, per_layer: bool = False):
+    """LPIPS between two lists of `features` outputs (same shapes) -> (N,) [, (5, N)]."""
+    acc = self._accumulation_dtype
+    terms = jnp.stack([
+        jnp.mean(jnp.einsum("nhwc,c->nhw", (f0 - f1) ** 2, w.astype(acc)), axis=(1, 2))
+        for f0, f1, w in zip(feats0, feats1, self.lin, strict=True)])
     total = jnp.sum(terms, axis=0)
     return (total, terms) if per_layer else total
+
+  def __call__(self, x0, x1, per_layer: bool = False):
+    n = x0.shape[0]
+    feats = self.features(jnp.concatenate([x0, x1], axis=0))
+    return self.distance([f[:n] for f in feats], [f[n:] for f in feats], per_layer)
