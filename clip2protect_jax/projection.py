@@ -7,7 +7,8 @@ with the projector's schedules: lr ramps up over the first 5 % and down (cosine)
 last 25 %; the latent gets Gaussian noise of std latent_std * noise * max(0, 1 - t /
 noise_ramp)^2; after every step each noise map is re-normalised to zero mean, unit std.
 Generator outputs larger than 256 are mean-pooled to 256 before the losses (as the
-projector does). Targets are NHWC float in [-1, 1] at 256x256.
+projector does). Targets are NHWC float in [-1, 1] at 256x256; their perceptual (LPIPS)
+features are computed once per batch, not at every step.
 
 Differences from the official script (documented, deliberate): the noise regulariser and
 the noise re-normalisation are per image (the script computes them over the whole batch;
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -101,18 +102,33 @@ def latent_stats(model: stylegan2.Generator, params: Any, key: jax.Array, n: int
 
 _INIT_FOLD = 2 ** 31 - 1   # fold_in data of the initial noise maps (steps use 0, 1, ...)
 
-PerceptualFn = Callable[[jax.Array, jax.Array], jax.Array]   # ([N,256,256,3] x2) -> (N,)
+class Perceptual(NamedTuple):
+  """A perceptual distance in two halves, so that the fixed targets' side is computed once:
+  distance(features(a), features(b)) -> (N,) for images [N, 256, 256, 3] in [-1, 1]
+  (LPIPS: `LPIPS.features` / `LPIPS.distance`)."""
+  features: Callable[[jax.Array], Any]
+  distance: Callable[[Any, Any], jax.Array]
+
+
+class Projector(NamedTuple):
+  """make_projector's jitted functions (see there)."""
+  init: Callable
+  step: Callable
+  target_features: Callable
 
 
 def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
-                   perceptual: PerceptualFn | None):
-  """Returns jitted `step(state, gen_params, targets, image_keys, latent_std)
-  -> (state, losses)` and `init(latent_mean, image_keys) -> state`.
+                   perceptual: Perceptual | None) -> Projector:
+  """Returns the jitted Projector: `init(latent_mean, image_keys) -> state`,
+  `target_features(targets) -> features` (None without a perceptual term; once per batch)
+  and `step(state, gen_params, targets, target_features, image_keys, latent_std)
+  -> (state, losses)`.
 
   state = (latent, noises, opt_state, step count); image_keys: [N] PRNG keys, one per
   image: its initial noise maps and, folded with the step count, its latent noise.
   losses: dict of (N,) per-image terms (the step sums them: images are independent).
   """
+  use_perceptual = perceptual is not None and bool(cfg.lpips)
   schedule = lambda count: learning_rate(count / cfg.steps, cfg.lr, cfg.lr_rampdown,
                                          cfg.lr_rampup)
   opt = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
@@ -132,7 +148,11 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
     latent = jnp.array(latent)
     return latent, noises, opt.init((latent, noises)), jnp.zeros((), jnp.int32)
 
-  def per_image_losses(variables, gen_params, targets, keys, latent_std, t):
+  @jax.jit
+  def target_features(targets: jax.Array):
+    return perceptual.features(targets) if use_perceptual else None
+
+  def per_image_losses(variables, gen_params, targets, target_feats, keys, latent_std, t):
     latent, noises = variables
     strength = latent_std * cfg.noise * jnp.maximum(0.0, 1.0 - t / cfg.noise_ramp) ** 2
     eps = jax.vmap(lambda k, l: jax.random.normal(k, l.shape))(keys, latent)
@@ -141,38 +161,40 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
     img = downsample_to(model.apply({"params": gen_params}, wplus, noises), targets.shape[1])
     mse = jnp.mean((img - targets) ** 2, axis=(1, 2, 3))
     reg = jax.vmap(lambda *ns: noise_regularize(ns))(*noises)
-    p = perceptual(img, targets) if (perceptual is not None and cfg.lpips) else 0.0 * mse
+    p = (perceptual.distance(perceptual.features(img), target_feats) if use_perceptual
+         else 0.0 * mse)
     total = cfg.lpips * p + cfg.noise_regularize * reg + cfg.mse * mse
     return total, {"total": total, "perceptual": p, "noise_reg": reg, "mse": mse}
 
   @jax.jit
-  def step(state, gen_params, targets, image_keys, latent_std):
+  def step(state, gen_params, targets, target_feats, image_keys, latent_std):
     latent, noises, opt_state, count = state
     t = count / cfg.steps
     keys = jax.vmap(lambda k: jax.random.fold_in(k, count))(image_keys)
     grad_fn = jax.grad(lambda v: (lambda tot, aux: (tot.sum(), aux))(
-        *per_image_losses(v, gen_params, targets, keys, latent_std, t)), has_aux=True)
+        *per_image_losses(v, gen_params, targets, target_feats, keys, latent_std, t)),
+        has_aux=True)
     grads, losses = grad_fn((latent, noises))
     updates, opt_state = opt.update(grads, opt_state, (latent, noises))
     latent, noises = optax.apply_updates((latent, noises), updates)
     noises = [jax.vmap(normalize_noise)(n) for n in noises]
     return (latent, noises, opt_state, count + 1), losses
 
-  return init, step
+  return Projector(init, step, target_features)
 
 
 def project(model: stylegan2.Generator, gen_params: Any, targets: jax.Array, key: jax.Array,
-            cfg: ProjectionConfig, perceptual: PerceptualFn | None,
+            cfg: ProjectionConfig, perceptual: Perceptual | None,
             image_keys: jax.Array | None = None, latent_mean=None, latent_std=None,
-            projector=None) -> tuple[jax.Array, list[jax.Array], dict[str, jax.Array]]:
+            projector: Projector | None = None) -> tuple[jax.Array, list[jax.Array], dict[str, jax.Array]]:
   """Projects targets [N, 256, 256, 3] in [-1, 1] -> (W+ [N, n_latent, D], noises, losses).
 
   key: seeds the mean-latent estimate; image_keys [N] (default: split from key) drive each
   image's initial noise maps and its latent noise at every step (fold_in of the step), so
   an image gives the same result alone or in any batch with the same image key.
   Returns the final W+ (W broadcast to every row when cfg.w_plus is False), the noise maps
-  [N, r, r, 1] and the per-image losses of the last step. `projector`: the (init, step)
-  pair of `make_projector`, to reuse its compilation across calls.
+  [N, r, r, 1] and the per-image losses of the last step. `projector`: make_projector's
+  result, to reuse its compilations across calls.
   """
   stats_key, img_key = jax.random.split(key)
   if latent_mean is None or latent_std is None:
@@ -180,11 +202,11 @@ def project(model: stylegan2.Generator, gen_params: Any, targets: jax.Array, key
   n = targets.shape[0]
   if image_keys is None:
     image_keys = jax.random.split(img_key, n)
-  init, step = projector or make_projector(model, cfg, perceptual)
-  state = init(latent_mean, image_keys)
+  init, step, target_features = projector or make_projector(model, cfg, perceptual)
+  state, feats = init(latent_mean, image_keys), target_features(targets)
   losses = {}
   for _ in range(cfg.steps):
-    state, losses = step(state, gen_params, targets, image_keys, latent_std)
+    state, losses = step(state, gen_params, targets, feats, image_keys, latent_std)
   latent, noises = state[0], state[1]
   wplus = latent if cfg.w_plus else stylegan2.broadcast_to_wplus(latent, model.size)
   return wplus, noises, losses

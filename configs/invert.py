@@ -9,17 +9,19 @@ Without an e4e checkpoint (optimisation-based projection against the generator):
 With codes made elsewhere (e.g. the official e4e scripts/inference.py `latents.pt`):
   python -m clip2protect_jax.main --config=configs/invert.py:latents \
       --config.latents_file=latents.pt ...
-CPU smoke run (dlib alignment of a test photo + 20 projection steps on a tiny random
-generator, MSE only; about a minute):
+CPU smoke run (dlib alignment of an example photo from tools/fetch_assets.py + 20
+projection steps on a tiny random generator, MSE only; about a minute):
   python -m clip2protect_jax.main --config=configs/invert.py:tiny --workdir=/tmp/invert
 
 Expected result: workdir/invert/invert.npz (ids, boxes, corners, valid, wplus [N, 18, 512]),
 workdir/invert/aligned/*.png and workdir/invert/summary.json (with per-photo errors, e.g.
 "no face found"). Reruns skip photos and faces already done.
 """
+import os
+
 import ml_collections
 
-from clip2protect_jax.presets import generator_config
+from clip2protect_jax.presets import EXAMPLE_PHOTOS, generator_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -56,7 +58,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.latents_file = "latents.pt"
   elif arg == "tiny":
     config.method = "projection"
-    config.photos = "tests/golden/ffhq_align/img14_pretransform.png"
+    config.photos = os.path.join(EXAMPLE_PHOTOS, "sources", "astronaut.png")
     config.generator.update(size=32, style_dim=32, n_mlp=2, channel_max=16, weights="random")
     config.projection.update(steps=20, mse=1.0, lpips=0.0, noise_regularize=1e3,
                              n_mean_latent=256, batch_size=2)

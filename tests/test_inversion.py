@@ -33,6 +33,12 @@ def _config(arg: str = ""):
   return module.get_config(arg)
 
 
+def test_the_smoke_config_points_at_a_fetched_photo():
+  """configs/invert.py:tiny (README's CPU smoke run) reads an example photo that
+  tools/setup.sh fetches, not a path that only exists on a development machine."""
+  assert os.path.isfile(_config("tiny").photos), _config("tiny").photos
+
+
 # ------------------------------------------------------------------ the job
 
 @pytest.fixture(scope="module")
@@ -199,6 +205,28 @@ def test_projection_w_mode_gives_equal_rows(tiny_generator):
                                    latent_mean=mean, latent_std=std)
   w = np.asarray(wplus)
   assert w.shape == (1, model.n_latent, 32) and np.all(w == w[:, :1])
+
+
+def test_projection_computes_the_targets_lpips_features_once(tiny_generator):
+  """The projector runs LPIPS's VGG on the targets once per batch (Perceptual's two
+  halves); the same projection as a distance that recomputes them at every step."""
+  from clip2protect_jax.models.lpips import LPIPS
+  model, params, targets, mean, std = tiny_generator
+  lp = LPIPS()
+  lp_vars = jax.jit(lp.init)(jax.random.key(5), targets[:1], targets[:1])
+  halves = projection.Perceptual(
+      lambda x: lp.apply(lp_vars, x, method=LPIPS.features),
+      lambda fa, fb: lp.apply(lp_vars, fa, fb, method=LPIPS.distance))
+  every_step = projection.Perceptual(lambda x: x, lambda a, b: lp.apply(lp_vars, a, b))
+  cfg = projection.ProjectionConfig(steps=3, noise_regularize=1e3, n_mean_latent=256)
+  runs = [projection.project(model, params, targets, jax.random.key(2), cfg, perceptual,
+                             latent_mean=mean, latent_std=std)
+          for perceptual in (halves, every_step)]
+  assert np.all(np.abs(np.asarray(runs[0][2]["perceptual"])) > 1e-6)   # random heads: +-
+  np.testing.assert_allclose(runs[0][2]["perceptual"], runs[1][2]["perceptual"], rtol=1e-5)
+  # Adam (lr 0.1) turns rounding in near-zero gradients into ~1e-4 moves of a few entries.
+  diff = np.abs(np.asarray(runs[0][0]) - np.asarray(runs[1][0]))
+  assert diff.max() < 2e-3 and diff.mean() < 1e-4, (diff.max(), diff.mean())
 
 
 def test_noise_regularize_matches_the_official_function():
