@@ -102,6 +102,7 @@ def latent_stats(model: stylegan2.Generator, params: Any, key: jax.Array, n: int
 
 _INIT_FOLD = 2 ** 31 - 1   # fold_in data of the initial noise maps (steps use 0, 1, ...)
 
+
 class Perceptual(NamedTuple):
   """A perceptual distance in two halves, so that the fixed targets' side is computed once:
   distance(features(a), features(b)) -> (N,) for images [N, 256, 256, 3] in [-1, 1]
