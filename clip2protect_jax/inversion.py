@@ -195,7 +195,6 @@ def generator_key(seed: int) -> jax.Array:
 
 def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   from clip2protect_jax import projection
-  from clip2protect_jax.models.lpips import LPIPS
   from clip2protect_jax.weights import load_generator, load_lpips
   base = jax.random.key(config.seed)
   _, lpips_key, stats_key, face_base = jax.random.split(base, 4)
@@ -204,9 +203,7 @@ def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   perceptual, lp_desc = None, "none (lpips weight 0)"
   if config.projection.lpips:
     lp_model, lp_vars, lp_desc = load_lpips(config.projection.lpips_weights, lpips_key)
-    perceptual = projection.Perceptual(
-        lambda x: lp_model.apply(lp_vars, x, method=LPIPS.features),
-        lambda fa, fb: lp_model.apply(lp_vars, fa, fb, method=LPIPS.distance))
+    perceptual = projection.lpips_perceptual(lp_model, lp_vars)
   p = config.projection
   cfg = projection.ProjectionConfig(
       steps=p.steps, lr=p.lr, lr_rampup=p.lr_rampup, lr_rampdown=p.lr_rampdown,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from clip2protect_jax.models import stylegan2
+from clip2protect_jax.models.lpips import LPIPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,13 @@ class Perceptual(NamedTuple):
   (LPIPS: `LPIPS.features` / `LPIPS.distance`)."""
   features: Callable[[jax.Array], Any]
   distance: Callable[[Any, Any], jax.Array]
+
+
+def lpips_perceptual(lpips_model: LPIPS, variables: Any) -> Perceptual:
+  """The Perceptual of an LPIPS module and its variables."""
+  return Perceptual(
+      lambda x: lpips_model.apply(variables, x, method=LPIPS.features),
+      lambda fa, fb: lpips_model.apply(variables, fa, fb, method=LPIPS.distance))
 
 
 class Projector(NamedTuple):

@@ -214,9 +214,7 @@ def test_projection_computes_the_targets_lpips_features_once(tiny_generator):
   model, params, targets, mean, std = tiny_generator
   lp = LPIPS()
   lp_vars = jax.jit(lp.init)(jax.random.key(5), targets[:1], targets[:1])
-  halves = projection.Perceptual(
-      lambda x: lp.apply(lp_vars, x, method=LPIPS.features),
-      lambda fa, fb: lp.apply(lp_vars, fa, fb, method=LPIPS.distance))
+  halves = projection.lpips_perceptual(lp, lp_vars)
   every_step = projection.Perceptual(lambda x: x, lambda a, b: lp.apply(lp_vars, a, b))
   cfg = projection.ProjectionConfig(steps=3, noise_regularize=1e3, n_mean_latent=256)
   runs = [projection.project(model, params, targets, jax.random.key(2), cfg, perceptual,
