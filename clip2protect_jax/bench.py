@@ -18,13 +18,15 @@ def compile_fn(fn: Callable, args: tuple) -> tuple[Any, dict[str, float]]:
   """
   t0 = time.perf_counter()
   lowered = fn.lower(*args)
-  return _compile_lowered(lowered, time.perf_counter() - t0)
+  return _compile_lowered(fn, args, lowered, time.perf_counter() - t0)
 
 
-def _compile_lowered(lowered: Any, lower_s: float) -> tuple[Any, dict[str, float]]:
+def _compile_lowered(fn: Callable, args: tuple, lowered: Any, lower_s: float
+                     ) -> tuple[Any, dict[str, float]]:
   t0 = time.perf_counter()
   compiled = lowered.compile()
-  info = {"compile_s": lower_s + time.perf_counter() - t0, **_cost_info(lowered, compiled)}
+  info = {"compile_s": lower_s + time.perf_counter() - t0,
+          **_cost_info(unfused_cost_analysis(fn, args, lowered), compiled)}
   try:
     mem = compiled.memory_analysis()
     info.update({f"{k}_bytes": float(getattr(mem, k + "_in_bytes", float("nan")))
@@ -118,7 +120,7 @@ def compile_many(jobs: Mapping[Hashable, tuple[Callable, tuple]],
       lowered = fn.lower(*args)
       lower_s = time.perf_counter() - t0
       log(f"lowered {key} in {lower_s:.1f} s; compiling")
-      out[key] = _compile_lowered(lowered, lower_s)
+      out[key] = _compile_lowered(fn, args, lowered, lower_s)
       log(f"compiled {key} in {out[key][1]['compile_s']:.1f} s")
     except Exception as e:  # noqa: BLE001 (recorded per job)
       out[key] = e
@@ -168,19 +170,36 @@ def with_rate(info: dict[str, Any], seconds: float) -> dict[str, Any]:
           "tflops": info.get("flops", float("nan")) / seconds / 1e12}
 
 
-def _cost_info(lowered: Any, compiled: Any) -> dict[str, float]:
+def _first_analysis(analysis: Any) -> Mapping[str, float]:
+  """A cost analysis as a dict ({} where there is none)."""
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) and analysis else analysis
+  return analysis if isinstance(analysis, Mapping) else {}
+
+
+def unfused_cost_analysis(fn: Callable, args: tuple, lowered: Any) -> Mapping[str, float]:
+  """XLA's cost analysis of jitted fn's lowered (unfused, backend-independent) HLO for args.
+
+  lowered.cost_analysis() where it counts FLOPs; else (a GPU through JAX's CUDA plugin,
+  jax 0.11.2: None) fn lowered for args placed on the CPU and analysed there (the same HLO
+  before any backend's optimisation, so the same FLOPs)."""
+  analysis = _first_analysis(lowered.cost_analysis())
+  if "flops" in analysis:
+    return analysis
+  return _first_analysis(fn.lower(*place_abstract(args, jax.devices("cpu")[0])).cost_analysis())
+
+
+def _cost_info(unfused: Mapping[str, float], compiled: Any) -> dict[str, float]:
   """XLA's cost analysis, per call: flops, bytes_accessed and bytes_accessed_unfused.
 
   flops and bytes_accessed_unfused come from the lowered (backend-independent, unfused)
-  HLO: the compiled executable's FLOPs miss convolutions that the GPU backend turns into
-  cuDNN custom calls (~10x too few for the tuning step on an H200). bytes_accessed is the
-  compiled (fused) program's memory traffic, the memory-roofline figure: trustworthy on CPU,
-  an undercount on GPU for the same reason (reported as measured, NaN where unsupported).
+  HLO (unfused_cost_analysis): the compiled executable's FLOPs miss convolutions that the
+  GPU backend turns into cuDNN custom calls (~10x too few for the tuning step on an H200).
+  bytes_accessed is the compiled (fused) program's memory traffic, the memory-roofline
+  figure: trustworthy on CPU, an undercount on GPU for the same reason (reported as
+  measured, NaN where unsupported).
   """
   def cost(analysis, key):
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis.get(key, float("nan"))) if analysis else float("nan")
-  unfused = lowered.cost_analysis()
+    return float(_first_analysis(analysis).get(key, float("nan")))
   try:
     fused = compiled.cost_analysis()
   except Exception:  # noqa: BLE001 (not every backend reports it)
@@ -323,6 +342,7 @@ def kernel_profile(compiled: Any, args: tuple, calls: int, trace_dir: str,
   launches = collections.Counter()
   kernels = collections.defaultdict(list)
   device = any(p.name.startswith("/device:") for p in planes)
+  lines = hlo_op_lines(compiled)
   for plane in planes:
     for line in plane.lines:
       for event in line.events:
@@ -332,17 +352,30 @@ def kernel_profile(compiled: Any, args: tuple, calls: int, trace_dir: str,
           op = "kernel " + event.name[:80]
         if not op:
           continue
+        if op.startswith("command_buffer"):   # a CUDA graph: its kernels' own instructions
+          op = kernel_instruction(event.name, lines) or op
         total[op] += event.duration_ns
         launches[op] += 1
         if event.name not in kernels[op] and len(kernels[op]) < 3:
           kernels[op].append(event.name)
-  lines = hlo_op_lines(compiled)
   rows = [{"op": op, "category": hlo_category(lines.get(op, "")),
            "source": _source_op(lines.get(op, "")),
            "ms_per_call": ns / 1e6 / calls, "launches_per_call": launches[op] / calls,
            "kernels": kernels[op], "hlo": lines.get(op, "")[:400]}
           for op, ns in total.items()]
   return sorted(rows, key=lambda r: -r["ms_per_call"])
+
+
+def kernel_instruction(kernel: str, lines: Mapping[str, str]) -> str | None:
+  """The HLO instruction a GPU kernel was generated for, where the kernel is XLA's own
+  (named after its fusion, '.' -> '_': kernel 'loop_add_fusion_2' is 'loop_add_fusion.2');
+  None for library kernels (cuDNN, cuBLAS, CUTLASS). Inside a command buffer (a CUDA graph)
+  the profiler names only the buffer; this recovers what ran in it."""
+  if kernel in lines:
+    return kernel
+  head, _, index = kernel.rpartition("_")
+  name = f"{head}.{index}"
+  return name if index.isdigit() and name in lines else None
 
 
 def _annotated_op(stats: dict[str, Any]) -> str | None:

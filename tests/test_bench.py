@@ -27,6 +27,36 @@ def test_hlo_traffic_counts_only_the_slices_a_fusion_reads():
   assert [r["bytes"] for r in rows] == [800, 800]
 
 
+class _LoweredWithoutCostAnalysis:
+  """What jax 0.11.2's Lowered answers on a GPU (a PJRT plugin): no cost analysis."""
+
+  def cost_analysis(self):
+    return None
+
+
+def test_flops_come_from_a_cpu_lowering_where_the_backend_reports_none():
+  """A 64x32 @ 32x16 product is 2*64*32*16 FLOPs, whether the lowered program reports them
+  or (as on a GPU) the same function lowered for the CPU has to."""
+  fn = jax.jit(lambda a, b: a @ b)
+  args = (jnp.ones((64, 32)), jax.ShapeDtypeStruct((32, 16), jnp.float32))
+  flops = 2 * 64 * 32 * 16
+  assert bench.unfused_cost_analysis(fn, args, fn.lower(*args))["flops"] == flops
+  assert bench.unfused_cost_analysis(fn, args, _LoweredWithoutCostAnalysis())["flops"] == flops
+
+
+def test_kernels_in_a_command_buffer_map_to_their_fusions():
+  """Kernel names the H200 profile showed inside CUDA-graph command buffers: XLA's own map
+  back to their instructions, library kernels do not."""
+  lines = {"input_transpose_fusion.59": "...", "loop_and_fusion": "...",
+           "command_buffer.166": "..."}
+  assert bench.kernel_instruction("input_transpose_fusion_59", lines) == (
+      "input_transpose_fusion.59")
+  assert bench.kernel_instruction("loop_and_fusion", lines) == "loop_and_fusion"
+  assert bench.kernel_instruction("input_transpose_fusion_79", lines) is None
+  assert bench.kernel_instruction(
+      "void cutlass::Kernel2<cutlass_80_simt_sgemm_128x64_8x5_nn_align1>(x)", lines) is None
+
+
 # Two instruction lines of a tuning step compiled for an H100 (tools/benchmark.py
 # --target=h100, batch 8, default generator), shortened: a per-image weight gradient that
 # XLA ran as a forward convolution whose kernel is the 1024x1024 gradient map, and a
@@ -62,11 +92,11 @@ def test_gpu_instruction_kinds():
 _PLAN_SCRIPT = """
 import jax, jax.numpy as jnp
 from clip2protect_jax import bench
-from clip2protect_jax.models.layers import conv_same
+from clip2protect_jax.models.layers import conv2d
 device = bench.gpu_target_device("h100")
 def per_image_weight_grads(impl):
   def loss(w, x):
-    return jnp.sum(conv_same(x, w, None, impl) ** 2)
+    return jnp.sum(conv2d(x, w, None, impl) ** 2)
   step = jax.jit(jax.vmap(jax.grad(loss)))
   args = bench.place_abstract((jax.ShapeDtypeStruct((4, 3, 3, 32, 32), jnp.float32),
                                jax.ShapeDtypeStruct((4, 1, 64, 64, 32), jnp.float32)), device)

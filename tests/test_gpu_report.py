@@ -26,7 +26,7 @@ def report(folder):
                         capture_output=True, text=True, check=False)
 
 
-def test_table_and_verdict_against_the_default_batch_1(tmp_path):
+def test_table_and_verdict_against_the_baseline_batch_1(tmp_path):
   best = ("per_image", "subpixel", "grouped", "auto", "bfloat16")
   write_benchmark(tmp_path / "batch1.json", [
       tune_row("per_image", "dilated", "xla", "activations", "float32", 1, 0.040)])
@@ -45,30 +45,30 @@ def test_table_and_verdict_against_the_default_batch_1(tmp_path):
   assert out.returncode == 0, out.stderr
   text = out.stdout
   assert "NVIDIA H100 80GB HBM3 (gpu, jax 0.11.2, size 1024)" in text
-  # batch 8: 2.5 ms per image-step -> 0.375 s for 150 steps; 16x the default's 25 images/s
+  # batch 8: 2.5 ms per image-step -> 0.375 s for 150 steps; 16x the baseline's 25 images/s
   # and 4x its own batch 1; memory = 3 GiB - 1 GiB donated.
   assert ("| per_image, subpixel, grouped, auto | bfloat16 | 8 | 2.50 | 400.0 | 1.0 | "
           "0.375 | 16.00 | 4.00 | 2.0 |") in text
   assert "batch 32" not in text and "| 32 |" not in text          # the failed row is left out
   assert ("best per_image: per_image, subpixel, grouped, auto, bfloat16 at batch 8: "
-          "400.0 images/s = 16.00x the default batch 1") in text
+          "400.0 images/s = 16.00x the baseline batch 1") in text
   assert ("(target >= 8x; 4.00x its own batch 1), stage 1 0.375 s/image (target <= 0.5 s): "
           "MET") in text
   # joint's own batch 1 is the per_image batch 1 of the same generator (100 images/s).
-  assert "best joint:" in text and "3.20x the default batch 1 (target >= 8x; 0.80x its own" in text
+  assert "best joint:" in text and "3.20x the baseline batch 1 (target >= 8x; 0.80x its own" in text
   assert "NOT met" in text                                        # joint: 1.875 s/image
   assert "profile per_image, subpixel, grouped, auto, bfloat16 batch 16: 5.00 ms/image" in text
   assert "conv 75%; fusion 25%" in text
   assert "bfloat16_vs_float32_batch4: reconstruction max-abs 1.00e-02" in text
 
 
-def test_without_the_default_batch_1_and_without_rows(tmp_path):
+def test_without_the_baseline_batch_1_and_without_rows(tmp_path):
   write_benchmark(tmp_path / "tune.json", [
       tune_row("per_image", "subpixel", "grouped", "auto", "bfloat16", 8, 0.02)])
   out = report(tmp_path)
   assert out.returncode == 0, out.stderr
   assert "NaN" in out.stdout or "nan" in out.stdout
-  assert "no batch-1 row of the default configuration" in out.stdout
+  assert "no batch-1 row of the baseline (torch-shaped fp32)" in out.stdout
   empty = tmp_path / "empty"
   empty.mkdir()
   out = report(empty)

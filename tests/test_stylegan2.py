@@ -42,6 +42,21 @@ def test_golden_parity_float32():
   assert not bad, "\n".join(bad)
 
 
+@pytest.mark.parametrize("upsample_impl", ["subpixel", "phases"])
+def test_golden_parity_of_the_fast_graphs_256(upsample_impl):
+  """The graphs that compute the same function differently (the config's default:
+  sub-pixel upsampling, batch-grouped weight gradients, fused modulation where it pays; and
+  phase-split upsampling) against the official PyTorch run's image and gradients."""
+  manifest = recipe.load_manifest(GOLDEN)
+  entry = manifest["models"]["stylegan2_256"]
+  graph = dict(upsample_impl=upsample_impl, conv_impl="grouped", modulation="auto")
+  comparisons = parity_stylegan2.compare_256(
+      recipe.load_arrays(GOLDEN, entry["file"]), entry, float64=False, graph=graph)
+  assert any(c.output == "g256_grad_wplus" for c in comparisons)
+  bad = [c.line() for c in comparisons if not c.ok]
+  assert not bad, "\n".join(bad)
+
+
 @pytest.mark.slow
 def test_golden_parity_float64_256():
   """float64 against the official float64 run: any semantic difference shows above 1e-10.
@@ -210,12 +225,15 @@ def test_truncation_and_mean_latent():
   np.testing.assert_allclose(half - w_avg, 0.5 * (w - w_avg), rtol=1e-5, atol=1e-6)
 
 
-def test_subpixel_upsampling_is_the_same_function():
-  """upsample_impl='subpixel' (one 3x3 conv over 4 phases, blur folded in) == the
-  torch-shaped path (lhs-dilated transposed conv, then the FIR blur), values and grads."""
+@pytest.mark.parametrize("upsample_impl", ["subpixel", "phases"])
+def test_upsampling_impls_are_the_same_function(upsample_impl):
+  """upsample_impl='subpixel' (one 3x3 conv over 4 phases, blur folded in) and 'phases'
+  (one 2x2 conv over the transposed conv's 4 phases, then the blur as shifted slices) ==
+  the torch-shaped path (lhs-dilated transposed conv, then the FIR blur), values and
+  grads."""
   kw = dict(style_dim=32, n_mlp=2, channel_max=16)
   dilated = stylegan2.Generator(32, **kw)
-  subpixel = stylegan2.Generator(32, upsample_impl="subpixel", **kw)
+  subpixel = stylegan2.Generator(32, upsample_impl=upsample_impl, **kw)
   params = stylegan2.init_params(dilated, jax.random.key(0))
   params = jax.tree_util.tree_map_with_path(  # non-zero noise weights and biases
       lambda p, x: x + 0.3 if "bias" in jax.tree_util.keystr(p) or "noise_weight" in
@@ -254,14 +272,16 @@ def _tiny_per_image_setup(batch):
 
 
 @pytest.mark.parametrize("conv_impl", ["grouped", "tapwise"])
-def test_conv_impls_are_the_same_function(conv_impl):
+@pytest.mark.parametrize("upsample_impl", ["subpixel", "phases"])
+def test_conv_impls_are_the_same_function(conv_impl, upsample_impl):
   """conv_impl 'grouped' / 'tapwise' (other weight-gradient formulations) == XLA's conv
   autodiff: values and per-image parameter gradients under vmap (the pivotal-tuning
-  layout), with sub-pixel upsampling, which routes every generator conv through
-  layers.conv_same (the only place conv_impl acts); an unknown conv_impl is refused."""
+  layout), with sub-pixel or phase-split upsampling, which route every generator conv
+  through layers.conv2d (the only place conv_impl acts: 3x3 'same', 2x2 padded by one and
+  1x1 kernels); an unknown conv_impl is refused."""
   kw, params, per_image, w, noise = _tiny_per_image_setup(2)
-  xla = stylegan2.Generator(16, upsample_impl="subpixel", **kw)
-  other = stylegan2.Generator(16, upsample_impl="subpixel", conv_impl=conv_impl, **kw)
+  xla = stylegan2.Generator(16, upsample_impl=upsample_impl, **kw)
+  other = stylegan2.Generator(16, upsample_impl=upsample_impl, conv_impl=conv_impl, **kw)
   a = xla.apply({"params": params}, w, noise)
   np.testing.assert_allclose(other.apply({"params": params}, w, noise), a,
                              atol=1e-6 * float(jnp.abs(a).max()))
@@ -283,20 +303,23 @@ def _weight_grad_convs(model, per_image, w, noise) -> list[str]:
           if " convolution(" in line and "dim_labels=f01b_i01o->01bf" in line]
 
 
-def test_grouped_weight_gradients_are_batch_grouped_convolutions():
+@pytest.mark.parametrize("upsample_impl", ["subpixel", "phases"])
+def test_grouped_weight_gradients_are_batch_grouped_convolutions(upsample_impl):
   """Under vmap over 3 per-image weight copies, conv_impl='grouped' forms every stride-1
   weight gradient as ONE convolution with batch_group_count=3 (XLA's GPU backend runs that
   as cuDNN's grouped backward-filter convolution), where JAX's own batching gives
   feature_group_count=3 (which that backend can only run as a forward convolution with a
-  feature-map-sized kernel)."""
+  feature-map-sized kernel). Its 1x1 convs (to_rgb) are matrix products instead, with no
+  convolution at all."""
   kw, _, per_image, w, noise = _tiny_per_image_setup(3)
-  xla = _weight_grad_convs(stylegan2.Generator(16, upsample_impl="subpixel", **kw),
+  xla = _weight_grad_convs(stylegan2.Generator(16, upsample_impl=upsample_impl, **kw),
                            per_image, w, noise)
-  grouped = _weight_grad_convs(stylegan2.Generator(16, upsample_impl="subpixel",
+  grouped = _weight_grad_convs(stylegan2.Generator(16, upsample_impl=upsample_impl,
                                                    conv_impl="grouped", **kw),
                                per_image, w, noise)
   assert xla and all("feature_group_count=3" in c for c in xla)
-  assert len(grouped) == len(xla)
+  to_rgb_layers = stylegan2.log2_size(16) - 1
+  assert len(grouped) == len(xla) - to_rgb_layers
   assert all("batch_group_count=3" in c and "feature_group_count" not in c for c in grouped)
 
 
@@ -307,7 +330,8 @@ def test_weight_modulation_is_the_same_function():
   and per-image parameter gradients under vmap (the tuning layout, with
   batch-grouped weight gradients); an unknown modulation is refused."""
   kw, params, per_image, w, noise = _tiny_per_image_setup(2)
-  for upsample, modulation in itertools.product(("dilated", "subpixel"), ("weights", "auto")):
+  for upsample, modulation in itertools.product(("dilated", "subpixel", "phases"),
+                                                ("weights", "auto")):
     a = stylegan2.Generator(16, upsample_impl=upsample, **kw).apply({"params": params}, w,
                                                                      noise)
     b = stylegan2.Generator(16, upsample_impl=upsample, modulation=modulation, **kw).apply(

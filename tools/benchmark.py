@@ -52,7 +52,8 @@ flags.DEFINE_list("modes", ["synth", "grad_wplus", "grad_params"],
 flags.DEFINE_integer("iters", 5, "Timed calls after warm-up.")
 flags.DEFINE_string("precision", "default", "lax precision: default | high | highest.")
 flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture).")
-flags.DEFINE_list("upsample_impls", ["dilated"], "Generator upsampling: dilated, subpixel.")
+flags.DEFINE_list("upsample_impls", ["dilated"],
+                  "Generator upsampling: dilated, subpixel, phases.")
 flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs' weight gradients: xla, "
                   "grouped, tapwise (tune_step sweeps them; other modes use the first).")
 flags.DEFINE_list("modulations", ["activations"], "Generator modulation: activations, weights, "

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The GPU measurements for README's performance tables (issue 8), in one short run.
-#   bash tools/gpu_benchmarks.sh OUT_DIR
-#   PARTS="1 2" bash tools/gpu_benchmarks.sh OUT_DIR    (only those parts; default all five,
-#   so that two device calls can share the work and the compilation cache)
-# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python: a quick CPU dry run.)
-# Writes OUT_DIR/{run.log, batch1.json, tune.json, tune_fp32.json, conv_impls.json,
-# joint.json, check.json, report.txt} (report.txt: tools/gpu_report.py's table and verdict).
-# Parts run in order of importance, each under its own time limit (570 s in all); benchmark.py
-# rewrites its JSON after every batch size and logs each compilation's start and end, so a
-# cut part still tells.
+# The GPU measurements for README's performance tables (issue 8), in two short device calls.
+#   bash tools/gpu_benchmarks.sh OUT_DIR                   (parts 1-5: ~570 s)
+#   PARTS="6 7" UPSAMPLE=phases bash tools/gpu_benchmarks.sh OUT_DIR2   (~220 s; on the same
+#   warm machine, whose compilation cache then holds the batch-1 and batch-8 programs;
+#   UPSAMPLE: the faster of parts 2 and 3, default subpixel)
+# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7": a quick
+# CPU dry run.)
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, phases.json, joint.json, tune_fp32.json,
+# max.json, check.json, report.txt} (report.txt: tools/gpu_report.py's table and verdict;
+# run it on both calls' JSON copied into one folder for the whole table).
+# Parts run in order of importance, each under its own time limit; benchmark.py rewrites its
+# JSON after every batch size and logs each compilation's start and end, so a cut part still
+# tells. Measured on an H200 (jax 0.11.2, 2026-11-27): each part spends ~20 s starting (jax,
+# the random generator and LPIPS inits); compiling a 1024 tuning step takes 11-15 s (fp32
+# batch 1), 50 s (bf16 batch 1), 51-76 s (fp32 / bf16 batch 8), 22 s (joint batch 8).
 # Compilations run one at a time: on an H100 (jax 0.11.2, 2026-11-26) a run that compiled
 # 2-4 tuning steps at once in threads finished none of them in 90-350 s.
 set -uo pipefail
@@ -33,33 +38,36 @@ part() {
   "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"; } \
   2>&1 | filter
 tune=(--size=${SIZE:-1024} --modes=tune_step --iters=3 --profile_top=25)
-b=${BATCHES:-8,16,32}; b0=${b%%,*}
-# 1. Batch 1 at the paper's settings: the torch-shaped upsampling (the previous default) and
-#    the sub-pixel one, fp32, with a per-instruction profile of each.
-part 1 120 tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  --upsample_impls=subpixel,dilated --conv_impls=xla --dtypes=float32 --batch_sizes=1 \
-  --profile_batches=1 --json_out="$out/batch1.json"
-# 2. The configuration the compiled plan favours (README, "The GPU's own plan"): per-image
-#    generators, sub-pixel upsampling, batch-grouped weight gradients (cuDNN backward-filter
-#    calls), fused modulation at high resolutions, bf16 generator and LPIPS; batch 1 to the
-#    largest that fits, with a per-instruction profile.
-best=(--upsample_impls=subpixel --conv_impls=grouped --modulations=auto)
-part 2 220 tools/benchmark.py "${tune[@]}" --schedules=per_image "${best[@]}" \
-  --dtypes=bfloat16 --batch_sizes=1,$b --profile_batches=$b0 --max_batch \
+b=${BATCHES:-8}
+best=(--conv_impls=grouped --modulations=auto)
+# 1. The baseline of the ">= 8x" target: batch 1 of the torch-shaped fp32 graph (the default
+#    before issue 8; profiled on 2026-11-27, README).
+part 1 45 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=dilated \
+  --conv_impls=xla --modulations=activations --dtypes=float32 --batch_sizes=1 \
+  --json_out="$out/batch1.json"
+# 2. The default graph (sub-pixel upsampling, batch-grouped weight gradients, fused
+#    modulation) with bf16 generator and LPIPS: batch 1 and 8, with a per-instruction
+#    profile of batch 8.
+part 2 200 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
+  "${best[@]}" --dtypes=bfloat16 --batch_sizes=1,$b --profile_batches=$b \
   --json_out="$out/tune.json"
-# 3. The same in fp32 (TF32), then bf16 with JAX's own weight gradients (conv_impl=xla:
-#    forward convs with feature-map kernels in the plan).
-part 3 90 tools/benchmark.py "${tune[@]}" --schedules=per_image "${best[@]}" \
-  --dtypes=float32 --batch_sizes=1,$b0 --json_out="$out/tune_fp32.json"
-part 3 50 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
-  --conv_impls=xla --modulations=auto --dtypes=bfloat16 --batch_sizes=$b0 \
-  --profile_batches=$b0 --json_out="$out/conv_impls.json"
-# 4. The joint fast mode (one generator per batch).
-part 4 50 tools/benchmark.py "${tune[@]}" --schedules=joint "${best[@]}" --dtypes=bfloat16 \
-  --batch_sizes=$b0 --json_out="$out/joint.json"
-# 5. Batched == alone and the bf16 error, on the device, config-f channels at 256.
-part 5 40 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
-  --upsample_impl=subpixel --conv_impl=grouped --modulation=auto \
+# 3. The same with phase-split upsampling (fewer FLOPs, the blur as an elementwise fusion).
+part 3 130 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=phases \
+  "${best[@]}" --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b \
+  --json_out="$out/phases.json"
+# 4. The joint fast mode (one generator per batch), both upsamplings.
+part 4 100 tools/benchmark.py "${tune[@]}" --schedules=joint --upsample_impls=subpixel,phases \
+  "${best[@]}" --dtypes=bfloat16 --batch_sizes=$b --json_out="$out/joint.json"
+# 5. The default graph in fp32 (the config's default dtype), batched.
+part 5 90 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
+  "${best[@]}" --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
+# 6. The largest bf16 batch that fits (batches 1 and 8 of parts 2-3 come from the cache).
+part 6 150 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  --upsample_impls=${UPSAMPLE:-subpixel} "${best[@]}" --dtypes=bfloat16 --batch_sizes=1,$b \
+  --max_batch --json_out="$out/max.json"
+# 7. Batched == alone and the bf16 error, on the device, config-f channels at 256.
+part 7 70 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
+  --upsample_impl=${UPSAMPLE:-subpixel} --conv_impl=grouped --modulation=auto \
   --json_out="$out/check.json"
 # The README table, the verdict against the issue's targets and the profiles by kind.
 echo "== report $(date +%T)" | filter

@@ -57,78 +57,84 @@ def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
   return out
 
 
-UPSAMPLE_IMPLS = ("dilated", "subpixel")
+UPSAMPLE_IMPLS = ("dilated", "subpixel", "phases")
 MODULATIONS = ("activations", "weights", "auto")
 CONV_IMPLS = ("xla", "grouped", "tapwise")
 _NHWC = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _conv_same_xla(x: Array, w: Array, precision: Any) -> Array:
-  """Stride-1 conv, odd square kernel, zero 'same' padding, output in x's dtype (accumulated
-  in float32 by cuDNN and XLA's CPU convolutions). Half precision in, half out: a float32
-  output (preferred_element_type) is a mixed-type conv that XLA's GPU backend runs by
-  converting the inputs to float32, i.e. a float32 conv with float32 maps in memory."""
-  p = w.shape[0] // 2
-  return jax.lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=_NHWC,
+def same_padding(k: int) -> Padding:
+  """The zero padding of a stride-1 'same' conv with an odd k x k kernel."""
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+def _conv_xla(x: Array, w: Array, precision: Any, padding: Padding) -> Array:
+  """Stride-1 conv with zero `padding`, output in x's dtype (accumulated in float32 by
+  cuDNN and XLA's CPU convolutions). Half precision in, half out: a float32 output
+  (preferred_element_type) is a mixed-type conv that XLA's GPU backend runs by converting
+  the inputs to float32, i.e. a float32 conv with float32 maps in memory."""
+  return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC,
                                       precision=precision)
 
 
-def _with_weight_grad(weight_grad: Callable[[Array, Array, int, Any], Array]) -> Callable:
-  """_conv_same_xla (x [N, H, W, I], w [k, k, I, O] -> [N, H, W, O]) with its weight gradient
-  computed by weight_grad(x, dy, k, precision) -> [k, k, I, O]; the input gradient stays
-  XLA's."""
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-  def conv(x, w, precision=None):
-    return _conv_same_xla(x, w, precision)
+def _with_weight_grad(weight_grad: Callable[[Array, Array, tuple, Padding, Any], Array]
+                      ) -> Callable:
+  """_conv_xla (x [N, H, W, I], w [kh, kw, I, O] -> [N, H', W', O]) with its weight
+  gradient computed by weight_grad(x, dy, (kh, kw), padding, precision) -> [kh, kw, I, O];
+  the input gradient stays XLA's."""
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+  def conv(x, w, precision, padding):
+    return _conv_xla(x, w, precision, padding)
 
-  def fwd(x, w, precision):
-    return _conv_same_xla(x, w, precision), (x, w)
+  def fwd(x, w, precision, padding):
+    return _conv_xla(x, w, precision, padding), (x, w)
 
-  def bwd(precision, residuals, dy):
+  def bwd(precision, padding, residuals, dy):
     x, w = residuals
-    dx = jax.linear_transpose(lambda v: _conv_same_xla(v, w, precision), x)(dy)[0]
-    dw = weight_grad(x, dy.astype(x.dtype), w.shape[0], precision)
+    dx = jax.linear_transpose(lambda v: _conv_xla(v, w, precision, padding), x)(dy)[0]
+    dw = weight_grad(x, dy.astype(x.dtype), w.shape[:2], padding, precision)
     return dx, dw.astype(w.dtype)
 
   conv.defvjp(fwd, bwd)
   return conv
 
 
-def _tapwise_weight_grad(x: Array, dy: Array, k: int, precision: Any) -> Array:
+def _tapwise_weight_grad(x: Array, dy: Array, kernel_shape: tuple, padding: Padding,
+                         precision: Any) -> Array:
   """dw[a, b] = sum_{n,h,w} x_pad[n, h + a, w + b, :]^T dy[n, h, w, :], one contraction over
-  the pixels per kernel tap (under vmap: k*k batched matrix products)."""
-  p = k // 2
+  the pixels per kernel tap (under vmap: kh*kw batched matrix products)."""
   h, wd = dy.shape[1:3]
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  xp = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
   taps = [[jnp.einsum("nhwi,nhwo->io", xp[:, a:a + h, b:b + wd], dy, precision=precision,
-                      preferred_element_type=jnp.float32) for b in range(k)] for a in range(k)]
+                      preferred_element_type=jnp.float32) for b in range(kernel_shape[1])]
+          for a in range(kernel_shape[0])]
   return jnp.stack([jnp.stack(row) for row in taps])
 
 
-def _backward_filter_conv(x: Array, dy: Array, k: int, precision: Any, groups: int = 1
-                          ) -> Array:
-  """The weight gradient of a 'same' conv as ONE convolution in XLA's backward-filter form:
-  x [N, H, W, G*I] (the pixels' channels as its batch), dy [N, H, W, G*O] (the kernel) ->
-  [k, k, I, G*O] in x's dtype, group g pairing x's channels g*I.. with dy's g*O.. through
-  batch_group_count = G, the form that XLA's GPU backend runs as cuDNN's (grouped)
-  backward-filter convolution."""
-  p = k // 2
+def _backward_filter_conv(x: Array, dy: Array, padding: Padding, precision: Any,
+                          groups: int = 1) -> Array:
+  """The weight gradient of a stride-1 conv with zero `padding` as ONE convolution in XLA's
+  backward-filter form: x [N, H, W, G*I] (the pixels' channels as its batch), dy
+  [N, H', W', G*O] (the kernel) -> [kh, kw, I, G*O] in x's dtype, group g pairing x's
+  channels g*I.. with dy's g*O.. through batch_group_count = G, the form that XLA's GPU
+  backend runs as cuDNN's (grouped) backward-filter convolution."""
   return jax.lax.conv_general_dilated(
-      x, dy, (1, 1), ((p, p), (p, p)), dimension_numbers=("CHWN", "IHWO", "HWNC"),
+      x, dy, (1, 1), padding, dimension_numbers=("CHWN", "IHWO", "HWNC"),
       batch_group_count=groups, precision=precision)
 
 
 @functools.lru_cache(maxsize=None)
-def _grouped_weight_grad(k: int, precision: Any) -> Callable[[Array, Array], Array]:
+def _grouped_weight_grad(padding: Padding, precision: Any) -> Callable[[Array, Array], Array]:
   """(x, dy) -> dw as _backward_filter_conv; vmapped over images (x [B, N, H, W, I],
-  dy [B, N, H, W, O]) it becomes ONE batch-grouped convolution with B groups (the images
-  moved into the channels) -> [B, k, k, I, O], instead of JAX's default batching of the
+  dy [B, N, H', W', O]) it becomes ONE batch-grouped convolution with B groups (the images
+  moved into the channels) -> [B, kh, kw, I, O], instead of JAX's default batching of the
   weight-gradient conv into feature_group_count = B, which XLA's GPU backend cannot map to
   a backward-filter convolution and runs as a forward convolution with an HxW kernel
   (xla/service/gpu/transforms/conv_rewriter.cc, MatchBackwardFilter)."""
   @jax.custom_batching.custom_vmap
   def weight_grad(x, dy):
-    return _backward_filter_conv(x, dy, k, precision)
+    return _backward_filter_conv(x, dy, padding, precision)
 
   @weight_grad.def_vmap
   def batched(axis_size, in_batched, x, dy):
@@ -136,29 +142,44 @@ def _grouped_weight_grad(k: int, precision: Any) -> Callable[[Array, Array], Arr
              for v, b in zip((x, dy), in_batched))
     def images_to_channels(v):   # [B, N, H, W, C] -> [N, H, W, B*C], channel b*C + c
       return jnp.moveaxis(v, 0, -2).reshape(v.shape[1:-1] + (-1,))
-    dw = _backward_filter_conv(images_to_channels(x), images_to_channels(dy), k, precision,
-                               groups=axis_size)          # [k, k, I, B*O]
+    dw = _backward_filter_conv(images_to_channels(x), images_to_channels(dy), padding,
+                               precision, groups=axis_size)          # [kh, kw, I, B*O]
     dw = dw.reshape(dw.shape[:3] + (axis_size, -1))
     return jnp.moveaxis(dw, 3, 0), True
 
   return weight_grad
 
 
-# Same values and gradients as _conv_same_xla; (x, w, precision=None) -> like it.
-conv_same_tapwise = _with_weight_grad(_tapwise_weight_grad)
-conv_same_grouped = _with_weight_grad(
-    lambda x, dy, k, precision: _grouped_weight_grad(k, precision)(x, dy))
+# Same values and gradients as _conv_xla; (x, w, precision, padding) -> like it.
+conv_tapwise = _with_weight_grad(_tapwise_weight_grad)
+conv_grouped = _with_weight_grad(
+    lambda x, dy, kernel_shape, padding, precision: _grouped_weight_grad(
+        padding, precision)(x, dy))
 
 
-def conv_same(x: Array, w: Array, precision: Any = None, impl: str = "xla") -> Array:
-  """Stride-1 'same' conv (odd k), output in x's dtype (see _conv_same_xla). impl (the same
-  values and gradients; what differs is how the WEIGHT gradient is formed under vmap over
-  per-image weights): 'xla' (lax conv and JAX's autodiff), 'grouped' (conv_same_grouped) or
-  'tapwise' (conv_same_tapwise)."""
+def _conv_1x1_as_matmul(x: Array, w: Array, precision: Any) -> Array:
+  """A 1x1 conv (w [1, 1, I, O]) as a matrix product over the channels, output in x's dtype
+  (accumulated in float32). Under vmap over per-image weights it and its gradients are
+  batched matrix products; as a convolution it is a grouped cuDNN conv that loops over the
+  images (to_rgb at 1024, batch 8, bf16 on an H200: 16% of the tuning step's device time)."""
+  return jnp.einsum("nhwi,io->nhwo", x, w[0, 0], precision=precision,
+                    preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def conv2d(x: Array, w: Array, precision: Any = None, impl: str = "xla",
+           padding: Padding | None = None) -> Array:
+  """Stride-1 conv with zero `padding` (default: 'same' for an odd square kernel), output
+  in x's dtype (see _conv_xla). impl (the same values and gradients; what differs is how
+  the WEIGHT gradient is formed under vmap over per-image weights): 'xla' (lax conv and
+  JAX's autodiff), 'grouped' (conv_grouped) or 'tapwise' (conv_tapwise); 'grouped' and
+  'tapwise' run unpadded 1x1 kernels as matrix products (_conv_1x1_as_matmul)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
-  fn = {"xla": _conv_same_xla, "grouped": conv_same_grouped, "tapwise": conv_same_tapwise}
-  return fn[impl](x, w, precision)
+  padding = same_padding(w.shape[0]) if padding is None else padding
+  if impl != "xla" and w.shape[:2] == (1, 1) and padding == same_padding(1):
+    return _conv_1x1_as_matmul(x, w, precision)
+  fn = {"xla": _conv_xla, "grouped": conv_grouped, "tapwise": conv_tapwise}
+  return fn[impl](x, w, precision, padding)
 
 
 def _phase_taps(blur: np.ndarray) -> np.ndarray:
@@ -193,6 +214,39 @@ def subpixel_upsample_kernel(w: Array, blur: np.ndarray) -> Array:
   # HIGHEST: on GPU the default would round w to TF32 here, before the conv's own precision.
   k = jnp.einsum("klio,klabrs->abirso", w, phase, precision=jax.lax.Precision.HIGHEST)
   return k.reshape(3, 3, w.shape[2], 4 * w.shape[3])
+
+
+def transposed_phase_kernel(w: Array) -> Array:
+  """The stride-2 transposed conv w [3, 3, I, O] (torch conv_transpose2d, padding 0) as ONE
+  2x2 stride-1 conv producing its 4 output phases: [2, 2, I, 2 * 2 * O], phases ordered
+  (row parity, column parity, O), for the input zero-padded by 1 on each side.
+
+  1-D: the transposed conv's output is t[m] = sum_n x[n] w[m - 2n], so t[2i] = x[i] w[0] +
+  x[i - 1] w[2] and t[2i + 1] = x[i] w[1]; a 2-tap conv over the padded input gives
+  o[i] = x[i - 1] k[0] + x[i] k[1] (i = 0..H), hence k_even = (w[2], w[0]) and k_odd =
+  (0, w[1]). 16 taps per input pixel (9 non-zero) where the blur-folded sub-pixel kernel
+  has 36.
+  """
+  taps = np.zeros((3, 2, 2), np.float32)     # [w tap t, phase-kernel tap r, parity p]
+  taps[2, 0, 0] = taps[0, 1, 0] = taps[1, 1, 1] = 1.0
+  taps = jnp.asarray(taps, w.dtype)
+  k = jnp.einsum("klio,kap,lbq->abipqo", w, taps, taps, precision=jax.lax.Precision.HIGHEST)
+  return k.reshape(2, 2, w.shape[2], 4 * w.shape[3])
+
+
+def fir_blur_valid(x: Array, taps: Sequence[float]) -> Array:
+  """'valid' 2-D FIR filter with the kernel make_blur_kernel(taps) * 4 applied as upfirdn2d
+  does (a true convolution): [N, H, W, C] -> [N, H - t + 1, W - t + 1, C], t = len(taps).
+  A sum of t*t shifted slices computed in float32 and returned in x's dtype: one
+  elementwise fusion on a GPU, with no convolution call (two separable passes would store
+  a float32 map between them: 10.0 instead of 8.5 GB per image-step in the H200 plan)."""
+  k = np.asarray(taps, np.float64)[::-1]
+  k = (2.0 * k / k.sum()).astype(np.float32)        # outer(k, k) = the kernel * 4
+  n = len(k)
+  h, w = x.shape[1] - n + 1, x.shape[2] - n + 1
+  v = x.astype(jnp.float32)
+  return sum(float(k[a] * k[b]) * v[:, a:a + h, b:b + w] for a in range(n)
+             for b in range(n)).astype(x.dtype)
 
 
 def depth_to_space2(y: Array) -> Array:
@@ -248,8 +302,11 @@ class ModulatedConv2d(nn.Module):
   # "dilated": transposed conv as an lhs-dilated conv, then the FIR blur (as torch does).
   # "subpixel": the same function as one 3x3 conv over the 4 output phases with the blur
   # folded into its kernel (no zero-inserted input, no separate blur pass).
+  # "phases": the transposed conv as one 2x2 conv over its 4 output phases (no
+  # zero-inserted input, 16 taps instead of sub-pixel's 36), then the blur as shifted
+  # slices (fir_blur_valid).
   upsample_impl: str = "dilated"
-  conv_impl: str = "xla"   # stride-1 convs: "xla" | "grouped" | "tapwise" (see conv_same)
+  conv_impl: str = "xla"   # stride-1 convs: "xla" | "grouped" | "tapwise" (see conv2d)
   modulation: str = "activations"   # | "weights" | "auto" (see above)
 
   @nn.compact
@@ -264,12 +321,12 @@ class ModulatedConv2d(nn.Module):
                        f"{self.upsample_impl!r}")
     if self.modulation not in MODULATIONS:
       raise ValueError(f"modulation must be one of {MODULATIONS}, got {self.modulation!r}")
-    subpixel = self.upsample and self.upsample_impl == "subpixel"
-    if subpixel and (k != 3 or len(self.blur_kernel) != 4):
-      raise ValueError("subpixel upsampling is derived for a 3x3 kernel and a 4-tap blur")
-    conv = functools.partial(_convolve, upsample=self.upsample, subpixel=subpixel,
-                             blur_kernel=tuple(self.blur_kernel), dtype=self.dtype,
-                             precision=self.precision, conv_impl=self.conv_impl)
+    upsample = self.upsample_impl if self.upsample else None
+    if upsample in ("subpixel", "phases") and (k != 3 or len(self.blur_kernel) != 4):
+      raise ValueError(f"{upsample} upsampling is derived for a 3x3 kernel and a 4-tap blur")
+    conv = functools.partial(_convolve, upsample=upsample, blur_kernel=tuple(self.blur_kernel),
+                             dtype=self.dtype, precision=self.precision,
+                             conv_impl=self.conv_impl)
     in_px = x.shape[1] * x.shape[2]
     if self.modulation == "weights" or (self.modulation == "auto" and (
         in_px * in_ch + in_px * (4 if self.upsample else 1) * self.out_channels
@@ -287,7 +344,7 @@ class ModulatedConv2d(nn.Module):
         w_sq = jnp.sum(jnp.square(w), axis=(0, 1))                  # [in, out]
         demod = jax.lax.rsqrt(jnp.dot(jnp.square(s), w_sq, precision=self.precision) + 1e-8)
         out = out * demod[:, None, None, :]
-    if self.upsample and not subpixel:
+    if upsample == "dilated":
       factor = 2
       p = len(self.blur_kernel) - factor - (k - 1)
       kernel = make_blur_kernel(self.blur_kernel) * factor ** 2
@@ -295,24 +352,34 @@ class ModulatedConv2d(nn.Module):
     return out
 
 
-def _convolve(x: Array, w: Array, upsample: bool, subpixel: bool, blur_kernel: tuple,
-              dtype: Any, precision: Any, conv_impl: str) -> Array:
+def _convolve(x: Array, w: Array, upsample: str | None, blur_kernel: tuple, dtype: Any,
+              precision: Any, conv_impl: str) -> Array:
   """The convolution of ModulatedConv2d with ONE weight w [k, k, in, out] (x [N, H, W, in]
-  already modulated, or w modulated): stride 1; or the upsampling transposed conv (before
-  its blur) or, subpixel, the transposed conv with its blur folded in."""
+  already modulated, or w modulated): stride 1 (upsample None); or the upsampling
+  transposed conv, "dilated" before its blur, "subpixel" with its blur folded in, "phases"
+  followed by its blur."""
   x, k = x.astype(dtype), w.shape[0]
-  if subpixel:
+  if upsample == "subpixel":
     kernel = make_blur_kernel(blur_kernel) * 4
-    return depth_to_space2(conv_same(
+    return depth_to_space2(conv2d(
         x, subpixel_upsample_kernel(w, kernel).astype(dtype), precision, conv_impl))
-  if upsample:
+  if upsample == "phases":
+    # Phases of the (2H+1)-sample transposed conv, plus one zero row/column at 2H+1.
+    # (Padded ahead: with the padding inside the conv, XLA's GPU backend cannot map its
+    # batch-1 weight gradient to cuDNN's backward-filter call.)
+    t = depth_to_space2(conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))),
+                               transposed_phase_kernel(w).astype(dtype), precision,
+                               conv_impl, padding=((0, 0), (0, 0))))
+    # upfirdn2d's pad=(1, 1) of the dilated path: the zero at 2H+1 is the high-side one.
+    return fir_blur_valid(jnp.pad(t, ((0, 0), (1, 0), (1, 0), (0, 0))), blur_kernel)
+  if upsample == "dilated":
     # torch conv_transpose2d(stride 2, padding 0) == stride-1 conv of the zero-inserted
     # input, padded by k-1, with the spatially flipped kernel.
     return jax.lax.conv_general_dilated(
         x, w[::-1, ::-1].astype(dtype), window_strides=(1, 1),
         padding=((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(2, 2),
         dimension_numbers=_NHWC, precision=precision)
-  return conv_same(x, w.astype(dtype), precision, conv_impl)
+  return conv2d(x, w.astype(dtype), precision, conv_impl)
 
 
 class StyledConv(nn.Module):

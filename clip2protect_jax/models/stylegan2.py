@@ -137,8 +137,8 @@ class Generator(nn.Module):
   dtype: Any = jnp.float32           # convs and maps between layers; modulation, noise,
                                      # bias, activation math and the image stay float32
   precision: Any = None              # lax precision for convs/matmuls (None = default)
-  upsample_impl: str = "dilated"     # "subpixel": same function, see layers.ModulatedConv2d
-  conv_impl: str = "xla"             # "grouped" | "tapwise": same function, see layers.conv_same
+  upsample_impl: str = "dilated"     # "subpixel" | "phases": same function, see ModulatedConv2d
+  conv_impl: str = "xla"             # "grouped" | "tapwise": same function, see layers.conv2d
   modulation: str = "activations"    # "weights" | "auto": same function, see ModulatedConv2d
 
   def setup(self):

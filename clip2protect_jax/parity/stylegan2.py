@@ -27,13 +27,16 @@ def nchw(x):
   return jnp.transpose(x, (0, 3, 1, 2))
 
 
-def load_generator(model_entry: dict[str, Any], dtype=jnp.float32):
-  """Recipe-v1 weights of a manifest entry -> (Generator, params, noise buffers)."""
+def load_generator(model_entry: dict[str, Any], dtype=jnp.float32,
+                   graph: dict[str, str] | None = None):
+  """Recipe-v1 weights of a manifest entry -> (Generator, params, noise buffers). graph:
+  Generator fields that form the same function differently (upsample_impl, conv_impl,
+  modulation); default the torch-shaped graph."""
   size = int(model_entry["constructor"].split("(")[1].split(",")[0])
   params, noise = convert_generator(recipe_v1_state_dict(model_entry), size=size,
                                     source=f"recipe v1 {model_entry['constructor']}")
   cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), t)
-  return stylegan2.Generator(size, dtype=dtype), cast(params), cast(noise)
+  return stylegan2.Generator(size, dtype=dtype, **(graph or {})), cast(params), cast(noise)
 
 
 def compare_1024(golden: dict[str, np.ndarray], entry: dict[str, Any],
@@ -62,9 +65,9 @@ def compare_1024(golden: dict[str, np.ndarray], entry: dict[str, Any],
 
 
 def compare_256(golden: dict[str, np.ndarray], entry: dict[str, Any],
-             float64: bool) -> list[Comparison]:
+             float64: bool, graph: dict[str, str] | None = None) -> list[Comparison]:
   dtype = jnp.float64 if float64 else jnp.float32
-  model, params, noise = load_generator(entry, dtype)
+  model, params, noise = load_generator(entry, dtype, graph)
   z = jnp.asarray(golden["g256_z"], dtype)
   wplus = jnp.asarray(golden["g256_wplus"], dtype)
   r_nhwc = jnp.asarray(np.transpose(golden["g256_R"], (0, 2, 3, 1)), dtype)
