@@ -94,15 +94,19 @@ import jax, jax.numpy as jnp
 from clip2protect_jax import bench
 from clip2protect_jax.models.layers import conv2d
 device = bench.gpu_target_device("h100")
-def per_image_weight_grads(impl):
+def per_image_weight_grads(impl, batch=4, k=3, padding=None):
   def loss(w, x):
-    return jnp.sum(conv2d(x, w, None, impl) ** 2)
+    return jnp.sum(conv2d(x, w, None, impl, padding) ** 2)
   step = jax.jit(jax.vmap(jax.grad(loss)))
-  args = bench.place_abstract((jax.ShapeDtypeStruct((4, 3, 3, 32, 32), jnp.float32),
-                               jax.ShapeDtypeStruct((4, 1, 64, 64, 32), jnp.float32)), device)
+  args = bench.place_abstract((jax.ShapeDtypeStruct((batch, k, k, 32, 32), jnp.float32),
+                               jax.ShapeDtypeStruct((batch, 1, 64, 64, 32), jnp.float32)),
+                              device)
   return bench.conv_calls(step.lower(*args).compile())
 print(per_image_weight_grads("xla"))
 print(per_image_weight_grads("grouped"))
+# upsample_impl='phases': a 2x2 conv over an input padded ahead, at batch 1 and 4
+print(per_image_weight_grads("grouped", batch=1, k=2, padding=((0, 0), (0, 0))))
+print(per_image_weight_grads("grouped", batch=4, k=2, padding=((0, 0), (0, 0))))
 """
 
 
@@ -110,7 +114,8 @@ def test_gpu_plan_of_per_image_weight_gradients():
   """Compiled for an H100 without one (needs JAX's CUDA plugin: `bash tools/setup.sh
   gpu-plan`, then run this file with .venv-gpu-plan/bin/python; skipped without it): JAX's
   vmap(grad) weight gradient becomes a forward conv with the 64x64 gradient map as its
-  kernel, conv_impl='grouped' becomes cuDNN's backward-filter call."""
+  kernel, conv_impl='grouped' becomes cuDNN's backward-filter call, also for the 2x2
+  unpadded conv of phase-split upsampling at batch 1 and 4."""
   import ast
   import os
   import subprocess
@@ -120,8 +125,9 @@ def test_gpu_plan_of_per_image_weight_gradients():
   out = subprocess.run([sys.executable, "-c", _PLAN_SCRIPT], capture_output=True, text=True,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  xla, grouped = map(ast.literal_eval, out.stdout.strip().splitlines()[-2:])
+  xla, *grouped = map(ast.literal_eval, out.stdout.strip().splitlines()[-4:])
   assert xla.get("weight gradient as forward conv (kernel = feature map)") == 1
   assert "convBackwardFilter" not in xla
-  assert grouped.get("convBackwardFilter") == 1
-  assert "weight gradient as forward conv (kernel = feature map)" not in grouped
+  for calls in grouped:
+    assert calls.get("convBackwardFilter") == 1
+    assert "weight gradient as forward conv (kernel = feature map)" not in calls
