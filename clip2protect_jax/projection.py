@@ -195,7 +195,8 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
 def project(model: stylegan2.Generator, gen_params: Any, targets: jax.Array, key: jax.Array,
             cfg: ProjectionConfig, perceptual: Perceptual | None,
             image_keys: jax.Array | None = None, latent_mean=None, latent_std=None,
-            projector: Projector | None = None) -> tuple[jax.Array, list[jax.Array], dict[str, jax.Array]]:
+            projector: Projector | None = None
+            ) -> tuple[jax.Array, list[jax.Array], dict[str, jax.Array]]:
   """Projects targets [N, 256, 256, 3] in [-1, 1] -> (W+ [N, n_latent, D], noises, losses).
 
   key: seeds the mean-latent estimate; image_keys [N] (default: split from key) drive each
