@@ -48,8 +48,9 @@ def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
       # sets the torch-shaped graph, faster on a CPU.
       upsample_impl="subpixel",  # subpixel (one conv, blur folded in) | phases (fewer
                                  # FLOPs, blur separate; untimed) | dilated (as torch)
-      conv_impl="grouped",      # grouped | xla | tapwise (how per-image weight gradients
-                                # are formed under vmap: layers.conv2d)
+      conv_impl="grouped",      # grouped | hybrid | im2col | tapwise | xla (how convs with
+                                # per-image weights and their gradients are formed under
+                                # vmap: layers.conv2d; hybrid untimed)
       modulation="auto",        # auto | weights (the official fused form) | activations
       # Converted checkpoint folder, or "random" for the constructor's init (seeded).
       weights=STYLEGAN2_FFHQ,

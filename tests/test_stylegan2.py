@@ -9,7 +9,7 @@ import pytest
 from clip2protect_jax import parity
 from clip2protect_jax.convert.common import WeightsMismatchError
 from clip2protect_jax.convert.stylegan2 import convert_generator, expected_shapes
-from clip2protect_jax.models import stylegan2
+from clip2protect_jax.models import layers, stylegan2
 from clip2protect_jax.models.layers import make_blur_kernel
 from clip2protect_jax.parity import recipe
 from clip2protect_jax.parity import stylegan2 as parity_stylegan2
@@ -271,14 +271,17 @@ def _tiny_per_image_setup(batch):
   return kw, params, per_image, w, stylegan2.make_noise(jax.random.key(2), 16, batch)
 
 
-@pytest.mark.parametrize("conv_impl", ["grouped", "tapwise"])
+@pytest.mark.parametrize("conv_impl", ["grouped", "tapwise", "im2col", "hybrid"])
 @pytest.mark.parametrize("upsample_impl", ["subpixel", "phases"])
-def test_conv_impls_are_the_same_function(conv_impl, upsample_impl):
-  """conv_impl 'grouped' / 'tapwise' (other weight-gradient formulations) == XLA's conv
-  autodiff: values and per-image parameter gradients under vmap (the pivotal-tuning
-  layout), with sub-pixel or phase-split upsampling, which route every generator conv
-  through layers.conv2d (the only place conv_impl acts: 3x3 'same', 2x2 padded by one and
-  1x1 kernels); an unknown conv_impl is refused."""
+def test_conv_impls_are_the_same_function(conv_impl, upsample_impl, monkeypatch):
+  """conv_impl 'grouped' / 'tapwise' / 'im2col' / 'hybrid' (other formulations of the conv
+  and its weight gradient) == XLA's conv autodiff: values and per-image parameter
+  gradients under vmap (the pivotal-tuning layout), with sub-pixel or phase-split
+  upsampling, which route every generator conv through layers.conv2d (the only place
+  conv_impl acts: 3x3 'same', 2x2 padded by one and 1x1 kernels); 'hybrid' with its
+  threshold at 64 outputs, so that this 16-channel generator's upsampling convs take
+  im2col and the others grouped; an unknown conv_impl is refused."""
+  monkeypatch.setattr(layers, "IM2COL_MIN_OUT_CHANNELS", 64)
   kw, params, per_image, w, noise = _tiny_per_image_setup(2)
   xla = stylegan2.Generator(16, upsample_impl=upsample_impl, **kw)
   other = stylegan2.Generator(16, upsample_impl=upsample_impl, conv_impl=conv_impl, **kw)
@@ -321,6 +324,44 @@ def test_grouped_weight_gradients_are_batch_grouped_convolutions(upsample_impl):
   to_rgb_layers = stylegan2.log2_size(16) - 1
   assert len(grouped) == len(xla) - to_rgb_layers
   assert all("batch_group_count=3" in c and "feature_group_count" not in c for c in grouped)
+
+
+def _vmapped_conv_grad_hlo(impl: str, out_channels: int) -> str:
+  """HLO of one 3x3 conv's input and weight gradients under vmap over 3 images' weights."""
+  def loss(x, w):
+    return jnp.sum(jnp.square(layers.conv2d(x[None], w, impl=impl)))
+  x = jnp.ones((3, 8, 8, 4))
+  w = jnp.ones((3, 3, 3, 4, out_channels))
+  return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)))).lower(x, w).as_text(dialect="hlo")
+
+
+def test_im2col_convs_are_matrix_products():
+  """conv_impl='im2col': under vmap over per-image weights, the conv's output and weight
+  gradient are batched matrix products (dot), the input gradient the only convolution
+  (no grouped forward or backward-filter convolutions); 'hybrid' takes that form from
+  IM2COL_MIN_OUT_CHANNELS outputs on and the batch-grouped one below."""
+  def convs(hlo):
+    return [line for line in hlo.splitlines() if " convolution(" in line]
+  im2col = _vmapped_conv_grad_hlo("im2col", 8)
+  assert len(convs(im2col)) == 1 and " dot(" in im2col
+  assert "batch_group_count" not in im2col
+  wide = _vmapped_conv_grad_hlo("hybrid", layers.IM2COL_MIN_OUT_CHANNELS)
+  assert len(convs(wide)) == 1 and " dot(" in wide
+  narrow = _vmapped_conv_grad_hlo("hybrid", layers.IM2COL_MIN_OUT_CHANNELS - 1)
+  assert any("batch_group_count=3" in line for line in convs(narrow))
+
+
+def test_upsampling_kernels_are_built_without_matrix_products():
+  """The per-image sub-pixel and phase kernels are built by shifted and sliced copies of
+  the weight (one elementwise fusion), not by a contraction with a constant tap map, which
+  XLA's GPU backend ran as a float32 matrix product per image (H200 profile, README)."""
+  blur = make_blur_kernel((1, 3, 3, 1)) * 4
+  w = jnp.ones((3, 3, 3, 4, 5))
+  for build in (lambda v: layers.subpixel_upsample_kernel(v, blur),
+                layers.transposed_phase_kernel):
+    hlo = jax.jit(jax.vmap(jax.grad(lambda v: jnp.sum(jnp.square(build(v)))))).lower(
+        w).as_text(dialect="hlo")
+    assert " dot(" not in hlo and " convolution(" not in hlo
 
 
 def test_weight_modulation_is_the_same_function():

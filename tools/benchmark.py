@@ -54,8 +54,9 @@ flags.DEFINE_string("precision", "default", "lax precision: default | high | hig
 flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture).")
 flags.DEFINE_list("upsample_impls", ["dilated"],
                   "Generator upsampling: dilated, subpixel, phases.")
-flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs' weight gradients: xla, "
-                  "grouped, tapwise (tune_step sweeps them; other modes use the first).")
+flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs (per-image weights): xla, "
+                  "grouped, tapwise, im2col, hybrid (tune_step sweeps them; other modes use "
+                  "the first).")
 flags.DEFINE_list("modulations", ["activations"], "Generator modulation: activations, weights, "
                   "auto (tune_step sweeps them; other modes use the first).")
 flags.DEFINE_list("schedules", ["per_image"], "tune_step: tuning schedules (per_image, joint).")

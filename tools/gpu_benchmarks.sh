@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements for README's performance tables (issue 8), in two short device calls.
-#   bash tools/gpu_benchmarks.sh OUT_DIR                   (parts 1-5: ~570 s)
-#   PARTS="6 7" UPSAMPLE=phases bash tools/gpu_benchmarks.sh OUT_DIR2   (~250 s; on the same
-#   warm machine, whose compilation cache then holds parts 2-3's programs; UPSAMPLE: the
-#   faster of parts 2 and 3, default subpixel)
-# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7": a quick
+#   bash tools/gpu_benchmarks.sh OUT_DIR                        (parts 1-3: ~510 s)
+#   PARTS="4 5 6" UPSAMPLE=phases CONV=hybrid bash tools/gpu_benchmarks.sh OUT_DIR2   (~340 s;
+#   on the same warm machine, whose compilation cache then holds part 3's programs;
+#   UPSAMPLE, CONV: the fastest configuration of part 3, default subpixel, grouped)
+# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6": a quick
 # CPU dry run.)
-# Writes OUT_DIR/{run.log, batch1.json, tune.json, phases.json, joint.json, tune_fp32.json,
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, tune_fp32.json,
 # max.json, check.json, report.txt} (report.txt: tools/gpu_report.py's table and verdict;
 # run it on both calls' JSON copied into one folder for the whole table).
 # Parts run in order of importance, each under its own time limit; benchmark.py rewrites its
@@ -15,7 +15,8 @@
 # the random generator and LPIPS inits); compiling a 1024 tuning step takes 11-15 s (fp32
 # batch 1), 50 s (bf16 batch 1), 51-76 s (fp32 / bf16 batch 8), 22 s (joint batch 8).
 # Compilations run one at a time: on an H100 (jax 0.11.2, 2026-11-26) a run that compiled
-# 2-4 tuning steps at once in threads finished none of them in 90-350 s.
+# 2-4 tuning steps at once in threads finished none of them in 90-350 s. (The joint fast
+# mode was timed on 2026-11-27, README; it is not re-timed here.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bash tools/gpu_benchmarks.sh OUT_DIR}
@@ -26,7 +27,7 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/c2p_jax_cache}
 log="$out/run.log"
 filter() { grep --line-buffered -v "^W0000\|^I0000\|libtpu" | tee -a "$log"; }
-parts=" ${PARTS:-1 2 3 4 5} "
+parts=" ${PARTS:-1 2 3} "
 # part N SECONDS TOOL ARGS...: runs TOOL under a time limit if N is among $PARTS.
 part() {
   local n=$1 seconds=$2; shift 2
@@ -39,7 +40,7 @@ part() {
   2>&1 | filter
 tune=(--size=${SIZE:-1024} --modes=tune_step --iters=3 --profile_top=25)
 b=${BATCHES:-8}
-best=(--conv_impls=grouped --modulations=auto)
+chosen=(--upsample_impls=${UPSAMPLE:-subpixel} --conv_impls=${CONV:-grouped} --modulations=auto)
 # 1. The baseline of the ">= 8x" target: batch 1 of the torch-shaped fp32 graph (the default
 #    before issue 8; profiled on 2026-11-27, README).
 part 1 45 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=dilated \
@@ -49,26 +50,23 @@ part 1 45 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls
 #    modulation) with bf16 generator and LPIPS: batch 1 and 8, with a per-instruction
 #    profile of batch 8.
 part 2 200 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
-  "${best[@]}" --dtypes=bfloat16 --batch_sizes=1,$b --profile_batches=$b \
-  --json_out="$out/tune.json"
-# 3. The same with phase-split upsampling (fewer FLOPs, the blur as an elementwise fusion).
-part 3 130 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=phases \
-  "${best[@]}" --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b \
-  --json_out="$out/phases.json"
-# 4. The joint fast mode (one generator per batch), both upsamplings.
-part 4 100 tools/benchmark.py "${tune[@]}" --schedules=joint --upsample_impls=subpixel,phases \
-  "${best[@]}" --dtypes=bfloat16 --batch_sizes=$b --json_out="$out/joint.json"
-# 5. The default graph in fp32 (the config's default dtype), batched.
-part 5 90 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
-  "${best[@]}" --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
-# 6. The largest bf16 batch that fits (batch 8 comes from parts 2-3's cache, batch 1 from
-#    part 2's for subpixel; phases compiles its batch 1 here, ~50 s).
-part 6 180 tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  --upsample_impls=${UPSAMPLE:-subpixel} "${best[@]}" --dtypes=bfloat16 --batch_sizes=1,$b \
-  --max_batch --json_out="$out/max.json"
-# 7. Batched == alone and the bf16 error, on the device, config-f channels at 256.
-part 7 70 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
-  --upsample_impl=${UPSAMPLE:-subpixel} --conv_impl=grouped --modulation=auto \
+  --conv_impls=grouped --modulations=auto --dtypes=bfloat16 --batch_sizes=1,$b \
+  --profile_batches=$b --json_out="$out/tune.json"
+# 3. The candidates at batch 8, profiled: phase-split upsampling (-32% FLOPs) and im2col
+#    matrix products for the wide convs (conv_impl=hybrid), each alone and together
+#    (sub-pixel + grouped comes from part 2's cache).
+part 3 260 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  --upsample_impls=subpixel,phases --conv_impls=grouped,hybrid --modulations=auto \
+  --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b --json_out="$out/candidates.json"
+# 4. The chosen graph in fp32 (the config's default dtype), batched.
+part 4 80 tools/benchmark.py "${tune[@]}" --schedules=per_image "${chosen[@]}" \
+  --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
+# 5. The chosen graph in bf16 at batch 1, 8 (from the cache), 32 and the largest that fits.
+part 5 190 tools/benchmark.py "${tune[@]}" --schedules=per_image "${chosen[@]}" \
+  --dtypes=bfloat16 --batch_sizes=1,$b,$((4 * b)) --max_batch --json_out="$out/max.json"
+# 6. Batched == alone and the bf16 error, on the device, config-f channels at 256.
+part 6 70 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
+  --upsample_impl=${UPSAMPLE:-subpixel} --conv_impl=${CONV:-grouped} --modulation=auto \
   --json_out="$out/check.json"
 # The README table, the verdict against the issue's targets and the profiles by kind.
 echo "== report $(date +%T)" | filter

@@ -59,7 +59,9 @@ def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
 
 UPSAMPLE_IMPLS = ("dilated", "subpixel", "phases")
 MODULATIONS = ("activations", "weights", "auto")
-CONV_IMPLS = ("xla", "grouped", "tapwise")
+CONV_IMPLS = ("xla", "grouped", "tapwise", "im2col", "hybrid")
+# "hybrid": conv_im2col for kernels with at least this many output channels, else grouped.
+IM2COL_MIN_OUT_CHANNELS = 128
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -110,6 +112,44 @@ def _tapwise_weight_grad(x: Array, dy: Array, kernel_shape: tuple, padding: Padd
                       preferred_element_type=jnp.float32) for b in range(kernel_shape[1])]
           for a in range(kernel_shape[0])]
   return jnp.stack([jnp.stack(row) for row in taps])
+
+
+def _im2col(x: Array, kernel_shape: tuple, padding: Padding) -> Array:
+  """x [N, H, W, I] -> cols [N, H', W', kh*kw*I]: the zero-padded input's kh*kw shifted
+  copies side by side (tap-major), so that the stride-1 conv is cols @ w.reshape(-1, O)."""
+  xp = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
+  h, wd = xp.shape[1] - kernel_shape[0] + 1, xp.shape[2] - kernel_shape[1] + 1
+  return jnp.concatenate([xp[:, a:a + h, b:b + wd] for a in range(kernel_shape[0])
+                          for b in range(kernel_shape[1])], axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_im2col(x: Array, w: Array, precision: Any, padding: Padding) -> Array:
+  """_conv_xla's function (x [N, H, W, I], w [kh, kw, I, O]) as matrix products over an
+  im2col copy of x: the output cols @ w and the weight gradient cols^T dy (under vmap over
+  per-image weights, one batched matrix product each, instead of cuDNN's grouped
+  convolutions, which loop over the images); the input gradient stays XLA's conv. Costs
+  writing cols (kh*kw times x) once and reading it twice."""
+  return _im2col_forward(x, w, precision, padding)[0]
+
+
+def _im2col_forward(x, w, precision, padding):
+  cols = _im2col(x, w.shape[:2], padding)
+  y = jnp.einsum("nhwk,ko->nhwo", cols, w.reshape(-1, w.shape[3]).astype(x.dtype),
+                 precision=precision, preferred_element_type=jnp.float32)
+  return y.astype(x.dtype), (cols, x, w)
+
+
+def _im2col_backward(precision, padding, residuals, dy):
+  cols, x, w = residuals
+  dy = dy.astype(x.dtype)
+  dx = jax.linear_transpose(lambda v: _conv_xla(v, w, precision, padding), x)(dy)[0]
+  dw = jnp.einsum("nhwk,nhwo->ko", cols, dy, precision=precision,
+                  preferred_element_type=jnp.float32)
+  return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+conv_im2col.defvjp(_im2col_forward, _im2col_backward)
 
 
 def _backward_filter_conv(x: Array, dy: Array, padding: Padding, precision: Any,
@@ -170,68 +210,77 @@ def conv2d(x: Array, w: Array, precision: Any = None, impl: str = "xla",
            padding: Padding | None = None) -> Array:
   """Stride-1 conv with zero `padding` (default: 'same' for an odd square kernel), output
   in x's dtype (see _conv_xla). impl (the same values and gradients; what differs is how
-  the WEIGHT gradient is formed under vmap over per-image weights): 'xla' (lax conv and
-  JAX's autodiff), 'grouped' (conv_grouped) or 'tapwise' (conv_tapwise); 'grouped' and
-  'tapwise' run unpadded 1x1 kernels as matrix products (_conv_1x1_as_matmul)."""
+  the convolution and its WEIGHT gradient are formed under vmap over per-image weights):
+  'xla' (lax conv and JAX's autodiff), 'grouped' (conv_grouped), 'tapwise' (conv_tapwise),
+  'im2col' (conv_im2col: output and weight gradient as matrix products) or 'hybrid'
+  (im2col for kernels with >= IM2COL_MIN_OUT_CHANNELS outputs, where the im2col copy's
+  traffic is small against the products' FLOPs, else grouped); all but 'xla' run unpadded
+  1x1 kernels as matrix products (_conv_1x1_as_matmul)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
   padding = same_padding(w.shape[0]) if padding is None else padding
   if impl != "xla" and w.shape[:2] == (1, 1) and padding == same_padding(1):
     return _conv_1x1_as_matmul(x, w, precision)
-  fn = {"xla": _conv_xla, "grouped": conv_grouped, "tapwise": conv_tapwise}
+  if impl == "hybrid":
+    impl = "im2col" if w.shape[3] >= IM2COL_MIN_OUT_CHANNELS else "grouped"
+  fn = {"xla": _conv_xla, "grouped": conv_grouped, "tapwise": conv_tapwise,
+        "im2col": conv_im2col}
   return fn[impl](x, w, precision, padding)
 
 
-def _phase_taps(blur: np.ndarray) -> np.ndarray:
-  """Constant [3, 3, 3, 3, 2, 2] map from the 3x3 kernel w to the 4 phase kernels.
-
-  1-D derivation (2-D is separable): with z the zero-inserted input, the dilated path
-  computes y[s] = sum_n z[s - 3 + n] K[n], where K (6 taps) is the full convolution of the
-  flipped blur b with the flipped w, K[n] = sum_{q + j = n} b[q] w[2 - j]. Only even z
-  entries are non-zero, so output 2m takes taps K[1], K[3], K[5] and output 2m + 1 taps
-  K[0], K[2], K[4], on x[m - 1], x[m], x[m + 1].
-  """
-  b = np.asarray(blur, np.float64)[::-1, ::-1]
-  full = np.zeros((3, 3, 6, 6))            # [w tap t1, t2, combined tap n1, n2]
-  for t1 in range(3):
-    for t2 in range(3):
-      full[t1, t2, 2 - t1:6 - t1, 2 - t2:6 - t2] = b
-  taps = (np.array([1, 3, 5]), np.array([0, 2, 4]))
-  out = np.zeros((3, 3, 3, 3, 2, 2))       # [t1, t2, phase tap a1, a2, parity r1, r2]
-  for r1 in (0, 1):
-    for r2 in (0, 1):
-      out[..., r1, r2] = full[:, :, taps[r1]][:, :, :, taps[r2]]
-  return out.astype(np.float32)
+def _phase_kernel(k: Array, select: Callable[[Array, int], Array], taps: int) -> Array:
+  """[kh, kw, I, O] -> [taps, taps, I, 2 * 2 * O]: select(k, axis) makes the 2 * taps
+  (phase-kernel tap, parity) entries of one spatial axis; phases ordered (row parity,
+  column parity, O)."""
+  i, o = k.shape[2:]
+  k = select(select(k, 0), 1).reshape(taps, 2, taps, 2, i, o)      # [a1, r1, a2, r2, I, O]
+  return jnp.transpose(k, (0, 2, 4, 1, 3, 5)).reshape(taps, taps, i, 4 * o)
 
 
 def subpixel_upsample_kernel(w: Array, blur: np.ndarray) -> Array:
   """The stride-2 transposed conv w [3, 3, I, O] followed by the 4x4 FIR `blur` (as
   upfirdn2d applies it), as ONE 3x3 stride-1 conv producing the 4 output phases:
-  [3, 3, I, 2 * 2 * O], phases ordered (row parity, column parity, O). A single
-  contraction with a constant (see _phase_taps), so it vectorises under vmap.
+  [3, 3, I, 2 * 2 * O] in w's dtype, phases ordered (row parity, column parity, O).
+
+  1-D derivation (2-D is separable): with z the zero-inserted input, the dilated path
+  computes y[s] = sum_n z[s - 3 + n] K[n], where K (6 taps) is the full convolution of w
+  and the blur b, reversed. Only even z entries are non-zero, so output 2m takes taps K[1],
+  K[3], K[5] and output 2m + 1 taps K[0], K[2], K[4], on x[m - 1], x[m], x[m + 1].
+  The full convolution is written as shifted (padded) copies of w, which XLA fuses into one
+  elementwise pass with the following dtype cast; as a contraction with a constant tap map
+  (K = 9) it was, under vmap over per-image weights, a float32 GEMM at HIGHEST precision
+  writing a float32 copy of every image's kernel (on an H200, bf16 tuning step at batch 8:
+  a 2.8 ms SIMT GEMM of a 65 ms step).
   """
-  phase = jnp.asarray(_phase_taps(blur), w.dtype)
-  # HIGHEST: on GPU the default would round w to TF32 here, before the conv's own precision.
-  k = jnp.einsum("klio,klabrs->abirso", w, phase, precision=jax.lax.Precision.HIGHEST)
-  return k.reshape(3, 3, w.shape[2], 4 * w.shape[3])
+  n1, n2 = blur.shape
+  full = sum(float(blur[q1, q2]) * jnp.pad(w, ((q1, n1 - 1 - q1), (q2, n2 - 1 - q2),
+                                               (0, 0), (0, 0)))
+             for q1 in range(n1) for q2 in range(n2) if blur[q1, q2] != 0)   # [6, 6, I, O]
+  k = full[::-1, ::-1]
+  # K[2a + p] with parity p: output parity r = 0 takes p = 1, r = 1 takes p = 0.
+  def select(v, axis):
+    v = jnp.moveaxis(v, axis, 0)
+    v = v.reshape((3, 2) + v.shape[1:])[:, ::-1].reshape((6,) + v.shape[1:])
+    return jnp.moveaxis(v, 0, axis)
+  return _phase_kernel(k, select, 3)
 
 
 def transposed_phase_kernel(w: Array) -> Array:
   """The stride-2 transposed conv w [3, 3, I, O] (torch conv_transpose2d, padding 0) as ONE
-  2x2 stride-1 conv producing its 4 output phases: [2, 2, I, 2 * 2 * O], phases ordered
-  (row parity, column parity, O), for the input zero-padded by 1 on each side.
+  2x2 stride-1 conv producing its 4 output phases: [2, 2, I, 2 * 2 * O] in w's dtype,
+  phases ordered (row parity, column parity, O), for the input zero-padded by 1 on each
+  side.
 
   1-D: the transposed conv's output is t[m] = sum_n x[n] w[m - 2n], so t[2i] = x[i] w[0] +
   x[i - 1] w[2] and t[2i + 1] = x[i] w[1]; a 2-tap conv over the padded input gives
   o[i] = x[i - 1] k[0] + x[i] k[1] (i = 0..H), hence k_even = (w[2], w[0]) and k_odd =
   (0, w[1]). 16 taps per input pixel (9 non-zero) where the blur-folded sub-pixel kernel
-  has 36.
+  has 36. Built by slicing (no arithmetic).
   """
-  taps = np.zeros((3, 2, 2), np.float32)     # [w tap t, phase-kernel tap r, parity p]
-  taps[2, 0, 0] = taps[0, 1, 0] = taps[1, 1, 1] = 1.0
-  taps = jnp.asarray(taps, w.dtype)
-  k = jnp.einsum("klio,kap,lbq->abipqo", w, taps, taps, precision=jax.lax.Precision.HIGHEST)
-  return k.reshape(2, 2, w.shape[2], 4 * w.shape[3])
+  def select(v, axis):    # (tap 0: even w[2], odd 0), (tap 1: even w[0], odd w[1])
+    part = functools.partial(jax.lax.slice_in_dim, v, axis=axis)
+    return jnp.concatenate([part(2, 3), jnp.zeros_like(part(0, 1)), part(0, 2)], axis)
+  return _phase_kernel(w, select, 2)
 
 
 def fir_blur_valid(x: Array, taps: Sequence[float]) -> Array:

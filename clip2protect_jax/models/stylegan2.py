@@ -138,7 +138,7 @@ class Generator(nn.Module):
                                      # bias, activation math and the image stay float32
   precision: Any = None              # lax precision for convs/matmuls (None = default)
   upsample_impl: str = "dilated"     # "subpixel" | "phases": same function, see ModulatedConv2d
-  conv_impl: str = "xla"             # "grouped" | "tapwise": same function, see layers.conv2d
+  conv_impl: str = "xla"             # "grouped" | "hybrid" | ...: same function, layers.conv2d
   modulation: str = "activations"    # "weights" | "auto": same function, see ModulatedConv2d
 
   def setup(self):
