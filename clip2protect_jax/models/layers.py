@@ -135,7 +135,7 @@ def conv_im2col(x: Array, w: Array, precision: Any, padding: Padding) -> Array:
 
 def _im2col_forward(x, w, precision, padding):
   cols = _im2col(x, w.shape[:2], padding)
-  y = jnp.einsum("nhwk,ko->nhwo", cols, w.reshape(-1, w.shape[3]).astype(x.dtype),
+  y = jnp.einsum("nhwk,ko->nhwo", cols, w.reshape(-1, w.shape[3]),
                  precision=precision, preferred_element_type=jnp.float32)
   return y.astype(x.dtype), (cols, x, w)
 
@@ -256,13 +256,12 @@ def subpixel_upsample_kernel(w: Array, blur: np.ndarray) -> Array:
   full = sum(float(blur[q1, q2]) * jnp.pad(w, ((q1, n1 - 1 - q1), (q2, n2 - 1 - q2),
                                                (0, 0), (0, 0)))
              for q1 in range(n1) for q2 in range(n2) if blur[q1, q2] != 0)   # [6, 6, I, O]
-  k = full[::-1, ::-1]
-  # K[2a + p] with parity p: output parity r = 0 takes p = 1, r = 1 takes p = 0.
+  # Phase tap a of output parity r is K[2a + 1 - r] = full[4 - 2a + r]: full's pairs
+  # (2j, 2j + 1) in reverse order.
   def select(v, axis):
     v = jnp.moveaxis(v, axis, 0)
-    v = v.reshape((3, 2) + v.shape[1:])[:, ::-1].reshape((6,) + v.shape[1:])
-    return jnp.moveaxis(v, 0, axis)
-  return _phase_kernel(k, select, 3)
+    return jnp.moveaxis(v.reshape((3, 2) + v.shape[1:])[::-1].reshape(v.shape), 0, axis)
+  return _phase_kernel(full, select, 3)
 
 
 def transposed_phase_kernel(w: Array) -> Array:
