@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU measurements for README's performance tables (issue 8), in two short device calls.
-#   bash tools/gpu_benchmarks.sh OUT_DIR                        (parts 1-3: ~510 s)
+#   bash tools/gpu_benchmarks.sh OUT_DIR                        (parts 1-3: <= 545 s)
 #   PARTS="4 5 6" UPSAMPLE=phases CONV=hybrid bash tools/gpu_benchmarks.sh OUT_DIR2   (~340 s;
 #   on the same warm machine, whose compilation cache then holds part 3's programs;
-#   UPSAMPLE, CONV: the fastest configuration of part 3, default subpixel, grouped)
+#   UPSAMPLE, CONV: the fastest configuration of part 3, default subpixel, grouped; give it
+#   the session's remaining device time: a part cut by it keeps what it measured)
 # (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6": a quick
 # CPU dry run.)
 # Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, tune_fp32.json,
@@ -55,7 +56,7 @@ part 2 200 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impl
 # 3. The candidates at batch 8, profiled: phase-split upsampling (-32% FLOPs) and im2col
 #    matrix products for the wide convs (conv_impl=hybrid), each alone and together
 #    (sub-pixel + grouped comes from part 2's cache).
-part 3 260 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+part 3 300 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   --upsample_impls=subpixel,phases --conv_impls=grouped,hybrid --modulations=auto \
   --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b --json_out="$out/candidates.json"
 # 4. The chosen graph in fp32 (the config's default dtype), batched.
