@@ -80,6 +80,12 @@ def _conv_xla(x: Array, w: Array, precision: Any, padding: Padding) -> Array:
                                       precision=precision)
 
 
+def _conv_input_grad(dy: Array, x: Array, w: Array, precision: Any, padding: Padding
+                     ) -> Array:
+  """The input gradient of _conv_xla(x, w) for the output gradient dy (XLA's own conv)."""
+  return jax.linear_transpose(lambda v: _conv_xla(v, w, precision, padding), x)(dy)[0]
+
+
 def _with_weight_grad(weight_grad: Callable[[Array, Array, tuple, Padding, Any], Array]
                       ) -> Callable:
   """_conv_xla (x [N, H, W, I], w [kh, kw, I, O] -> [N, H', W', O]) with its weight
@@ -94,9 +100,9 @@ def _with_weight_grad(weight_grad: Callable[[Array, Array, tuple, Padding, Any],
 
   def bwd(precision, padding, residuals, dy):
     x, w = residuals
-    dx = jax.linear_transpose(lambda v: _conv_xla(v, w, precision, padding), x)(dy)[0]
-    dw = weight_grad(x, dy.astype(x.dtype), w.shape[:2], padding, precision)
-    return dx, dw.astype(w.dtype)
+    dy = dy.astype(x.dtype)
+    dw = weight_grad(x, dy, w.shape[:2], padding, precision)
+    return _conv_input_grad(dy, x, w, precision, padding), dw.astype(w.dtype)
 
   conv.defvjp(fwd, bwd)
   return conv
@@ -106,21 +112,26 @@ def _tapwise_weight_grad(x: Array, dy: Array, kernel_shape: tuple, padding: Padd
                          precision: Any) -> Array:
   """dw[a, b] = sum_{n,h,w} x_pad[n, h + a, w + b, :]^T dy[n, h, w, :], one contraction over
   the pixels per kernel tap (under vmap: kh*kw batched matrix products)."""
-  h, wd = dy.shape[1:3]
+  taps = [jnp.einsum("nhwi,nhwo->io", tap, dy, precision=precision,
+                     preferred_element_type=jnp.float32)
+          for tap in _input_taps(x, kernel_shape, padding)]
+  return jnp.stack(taps).reshape(tuple(kernel_shape) + taps[0].shape)
+
+
+def _input_taps(x: Array, kernel_shape: tuple, padding: Padding) -> list[Array]:
+  """x [N, H, W, I] -> the kh*kw shifted windows [N, H', W', I] of the zero-padded input
+  that meet the kernel's taps (a, b), tap-major: window (a, b) is x_pad[:, a:a + H',
+  b:b + W']."""
   xp = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
-  taps = [[jnp.einsum("nhwi,nhwo->io", xp[:, a:a + h, b:b + wd], dy, precision=precision,
-                      preferred_element_type=jnp.float32) for b in range(kernel_shape[1])]
-          for a in range(kernel_shape[0])]
-  return jnp.stack([jnp.stack(row) for row in taps])
+  h, wd = xp.shape[1] - kernel_shape[0] + 1, xp.shape[2] - kernel_shape[1] + 1
+  return [xp[:, a:a + h, b:b + wd] for a in range(kernel_shape[0])
+          for b in range(kernel_shape[1])]
 
 
 def _im2col(x: Array, kernel_shape: tuple, padding: Padding) -> Array:
-  """x [N, H, W, I] -> cols [N, H', W', kh*kw*I]: the zero-padded input's kh*kw shifted
-  copies side by side (tap-major), so that the stride-1 conv is cols @ w.reshape(-1, O)."""
-  xp = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
-  h, wd = xp.shape[1] - kernel_shape[0] + 1, xp.shape[2] - kernel_shape[1] + 1
-  return jnp.concatenate([xp[:, a:a + h, b:b + wd] for a in range(kernel_shape[0])
-                          for b in range(kernel_shape[1])], axis=-1)
+  """x [N, H, W, I] -> cols [N, H', W', kh*kw*I]: the input taps side by side, so that the
+  stride-1 conv is cols @ w.reshape(-1, O)."""
+  return jnp.concatenate(_input_taps(x, kernel_shape, padding), axis=-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -143,10 +154,9 @@ def _im2col_forward(x, w, precision, padding):
 def _im2col_backward(precision, padding, residuals, dy):
   cols, x, w = residuals
   dy = dy.astype(x.dtype)
-  dx = jax.linear_transpose(lambda v: _conv_xla(v, w, precision, padding), x)(dy)[0]
   dw = jnp.einsum("nhwk,nhwo->ko", cols, dy, precision=precision,
                   preferred_element_type=jnp.float32)
-  return dx, dw.reshape(w.shape).astype(w.dtype)
+  return _conv_input_grad(dy, x, w, precision, padding), dw.reshape(w.shape).astype(w.dtype)
 
 
 conv_im2col.defvjp(_im2col_forward, _im2col_backward)
@@ -354,7 +364,7 @@ class ModulatedConv2d(nn.Module):
   # zero-inserted input, 16 taps instead of sub-pixel's 36), then the blur as shifted
   # slices (fir_blur_valid).
   upsample_impl: str = "dilated"
-  conv_impl: str = "xla"   # stride-1 convs: "xla" | "grouped" | "tapwise" (see conv2d)
+  conv_impl: str = "xla"   # stride-1 convs: one of CONV_IMPLS (see conv2d)
   modulation: str = "activations"   # | "weights" | "auto" (see above)
 
   @nn.compact
