@@ -259,9 +259,19 @@ def _shape_bytes(text: str) -> int:
              for dtype, dims in _SHAPE.findall(text))
 
 
+def _sliced_bytes(inst: str, users: Mapping[str, list[tuple[str, str, int]]]) -> int | None:
+  """The bytes of inst that its slices read (through slices of slices), or None unless
+  every use of inst is a slice; users: instruction -> [(user, opcode, result bytes)]."""
+  uses = users.get(inst)
+  if not uses or any(op not in ("slice", "dynamic-slice") for _, op, _ in uses):
+    return None
+  return sum(min(size, _sliced_bytes(user, users) or size) for user, _, size in uses)
+
+
 def _sliced_parameter_reads(text: str) -> dict[str, dict[int, int]]:
   """Per fused computation: parameter number -> the bytes it reads, for the parameters that
-  are only sliced (a fusion reading a slice of a large buffer reads only the slice)."""
+  are only sliced (a fusion reading a slice of a large buffer reads only the slice; of a
+  slice that is only sliced further, only those slices)."""
   out, name, params, users = {}, None, {}, {}
   for line in text.splitlines():
     head = _COMPUTATION.match(line)
@@ -271,9 +281,8 @@ def _sliced_parameter_reads(text: str) -> dict[str, dict[int, int]]:
     if name is None:
       continue
     if line.startswith("}"):
-      reads = {number: sum(size for _, size in users[param]) for param, number in
-               params.items() if users.get(param) and
-               all(op in ("slice", "dynamic-slice") for op, _ in users[param])}
+      reads = {number: b for param, number in params.items()
+               if (b := _sliced_bytes(param, users)) is not None}
       if reads:
         out[name] = reads
       name = None
@@ -285,7 +294,7 @@ def _sliced_parameter_reads(text: str) -> dict[str, dict[int, int]]:
     if opcode == "parameter":
       params[inst] = int(operands.partition(")")[0])
     for op in re.findall(r"%([^\s,()]+)", operands):
-      users.setdefault(op, []).append((opcode, _shape_bytes(shape)))
+      users.setdefault(op, []).append((inst, opcode, _shape_bytes(shape)))
   return out
 
 

@@ -47,7 +47,9 @@ def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
       # 40.4 -> 14.2 ms/image at batch 1, fp32, and batching scales); tiny_generator
       # sets the torch-shaped graph, faster on a CPU.
       upsample_impl="subpixel",  # subpixel (one conv, blur folded in) | phases (fewer
-                                 # FLOPs, blur separate; untimed) | dilated (as torch)
+                                 # FLOPs, blur separate) | taps (the transposed conv's
+                                 # 9 taps as one matrix product; phases and taps
+                                 # untimed) | dilated (as torch)
       conv_impl="grouped",      # grouped | hybrid | im2col | tapwise | xla (how convs with
                                 # per-image weights and their gradients are formed under
                                 # vmap: layers.conv2d; hybrid untimed)

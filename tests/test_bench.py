@@ -27,6 +27,19 @@ def test_hlo_traffic_counts_only_the_slices_a_fusion_reads():
   assert [r["bytes"] for r in rows] == [800, 800]
 
 
+def test_a_fusion_reads_only_the_slices_of_its_slices():
+  """A strided slice of a slice (as XLA's GPU backend leaves the gradient of a stride-2
+  placement, upsample_impl='taps') reads the inner slice's bytes: 50 of 1000 floats."""
+  text = """%fused_slices (param_0.1: f32[1000]) -> f32[50] {
+  %param_0.1 = f32[1000]{0} parameter(0)
+  %slice.1 = f32[999]{0} slice(%param_0.1), slice={[1:1000]}
+  %slice.2 = f32[50]{0} slice(%slice.1), slice={[0:999:20]}
+  ROOT %negate.1 = f32[50]{0} negate(%slice.2)
+}
+"""
+  assert bench._sliced_parameter_reads(text) == {"fused_slices": {0: 200}}
+
+
 class _LoweredWithoutCostAnalysis:
   """What jax 0.11.2's Lowered answers on a GPU (a PJRT plugin): no cost analysis."""
 

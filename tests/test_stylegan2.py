@@ -42,7 +42,7 @@ def test_golden_parity_float32():
   assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("upsample_impl", ["subpixel", "phases"])
+@pytest.mark.parametrize("upsample_impl", ["subpixel", "phases", "taps"])
 def test_golden_parity_of_the_fast_graphs_256(upsample_impl):
   """The graphs that compute the same function differently (the config's default:
   sub-pixel upsampling, batch-grouped weight gradients, fused modulation where it pays; and
@@ -225,10 +225,11 @@ def test_truncation_and_mean_latent():
   np.testing.assert_allclose(half - w_avg, 0.5 * (w - w_avg), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("upsample_impl", ["subpixel", "phases"])
+@pytest.mark.parametrize("upsample_impl", ["subpixel", "phases", "taps"])
 def test_upsampling_impls_are_the_same_function(upsample_impl):
-  """upsample_impl='subpixel' (one 3x3 conv over 4 phases, blur folded in) and 'phases'
-  (one 2x2 conv over the transposed conv's 4 phases, then the blur as shifted slices) ==
+  """upsample_impl='subpixel' (one 3x3 conv over 4 phases, blur folded in), 'phases'
+  (one 2x2 conv over the transposed conv's 4 phases, then the blur as shifted slices) and
+  'taps' (one matrix product onto the 9 taps, added into the phases, then the blur) ==
   the torch-shaped path (lhs-dilated transposed conv, then the FIR blur), values and
   grads."""
   kw = dict(style_dim=32, n_mlp=2, channel_max=16)
@@ -364,6 +365,51 @@ def test_upsampling_kernels_are_built_without_matrix_products():
     assert " dot(" not in hlo and " convolution(" not in hlo
 
 
+@pytest.mark.parametrize("out_dtype,dtype", [(jnp.float32, jnp.float32),
+                                             (jnp.bfloat16, jnp.bfloat16),
+                                             (jnp.float32, jnp.bfloat16)])
+def test_styled_conv_epilogue_vjp_is_autodiffs(out_dtype, dtype):
+  """layers.noise_bias_leaky_relu (custom VJP that keeps only its result) == JAX's
+  autodiff of fused_leaky_relu(out + noise_weight * noise, bias): the result and the
+  gradients of out (in out's dtype), of a per-image noise map, the noise strength and
+  the bias, with zeros and both signs in the pre-activation."""
+  keys = jax.random.split(jax.random.key(0), 4)
+  out = jax.random.normal(keys[0], (2, 5, 5, 4)).at[0, 0, 0].set(0.0).astype(out_dtype)
+  noise = jax.random.normal(keys[1], (2, 5, 5, 1)).at[0, 0, 0].set(0.0)
+  args = (out, noise, jnp.array([0.3]), jax.random.normal(keys[2], (4,)).at[0].set(0.0))
+  dy = jax.random.normal(keys[3], (2, 5, 5, 4)).astype(dtype)
+
+  def autodiff(o, n, w, b):
+    return layers.fused_leaky_relu(o + w * n, b).astype(dtype)
+  y_ref, vjp_ref = jax.vjp(autodiff, *args)
+  y, vjp = jax.vjp(lambda *a: layers.noise_bias_leaky_relu(*a, dtype), *args)
+  assert y.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+  for got, want in zip(vjp(dy), vjp_ref(dy)):
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_taps_upsampling_is_matrix_products_per_image():
+  """upsample_impl='taps' under vmap over per-image parameters (the tuning layout): the
+  same per-image gradients as the torch-shaped generator, and the transposed conv with
+  its input and weight gradients is batched matrix products (dot) and slices, with no
+  convolution."""
+  kw, _, per_image, w, noise = _tiny_per_image_setup(2)
+  dilated = _per_image_grads(stylegan2.Generator(16, **kw), per_image, w, noise)
+  taps = _per_image_grads(stylegan2.Generator(16, upsample_impl="taps", conv_impl="grouped",
+                                              modulation="auto", **kw), per_image, w, noise)
+  for x, y in zip(jax.tree_util.tree_leaves(dilated), jax.tree_util.tree_leaves(taps)):
+    np.testing.assert_allclose(y, x, atol=1e-5 * float(jnp.abs(x).max()) + 1e-7)
+
+  def loss(x, v):
+    return jnp.sum(jnp.square(layers.transposed_conv_taps(x[None], v, None)))
+  hlo = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)))).lower(
+      jnp.ones((3, 8, 8, 4)), jnp.ones((3, 3, 3, 4, 5))).as_text(dialect="hlo")
+  assert " dot(" in hlo and " convolution(" not in hlo
+
+
 def test_weight_modulation_is_the_same_function():
   """modulation='weights' (the official fused form: one modulated, demodulated weight per
   sample) and 'auto' (fused at 16x16 in this 16-channel generator, not at 4x4) == the
@@ -371,7 +417,7 @@ def test_weight_modulation_is_the_same_function():
   and per-image parameter gradients under vmap (the tuning layout, with
   batch-grouped weight gradients); an unknown modulation is refused."""
   kw, params, per_image, w, noise = _tiny_per_image_setup(2)
-  for upsample, modulation in itertools.product(("dilated", "subpixel", "phases"),
+  for upsample, modulation in itertools.product(("dilated", "subpixel", "phases", "taps"),
                                                 ("weights", "auto")):
     a = stylegan2.Generator(16, upsample_impl=upsample, **kw).apply({"params": params}, w,
                                                                      noise)

@@ -53,7 +53,7 @@ flags.DEFINE_integer("iters", 5, "Timed calls after warm-up.")
 flags.DEFINE_string("precision", "default", "lax precision: default | high | highest.")
 flags.DEFINE_integer("channel_max", 512, "Channel cap (512 = paper architecture).")
 flags.DEFINE_list("upsample_impls", ["dilated"],
-                  "Generator upsampling: dilated, subpixel, phases.")
+                  "Generator upsampling: dilated, subpixel, phases, taps.")
 flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs (per-image weights): xla, "
                   "grouped, tapwise, im2col, hybrid (tune_step sweeps them; other modes use "
                   "the first).")

@@ -23,7 +23,7 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_integer("size", 256, "Generator resolution (config-f channels).")
 flags.DEFINE_integer("batch", 4, "Images tuned together.")
 flags.DEFINE_integer("steps", 20, "Tuning steps.")
-flags.DEFINE_string("upsample_impl", "dilated", "dilated | subpixel | phases.")
+flags.DEFINE_string("upsample_impl", "dilated", "dilated | subpixel | phases | taps.")
 flags.DEFINE_string("conv_impl", "xla", "xla | grouped | tapwise | im2col | hybrid.")
 flags.DEFINE_string("modulation", "activations", "activations | weights | auto.")
 flags.DEFINE_string("json_out", None, "Also write the numbers to this JSON file.")

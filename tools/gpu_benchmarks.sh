@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The GPU measurements for README's performance tables (issue 8), in two short device calls.
-#   bash tools/gpu_benchmarks.sh OUT_DIR                        (parts 1-3: <= 545 s)
-#   PARTS="4 5 6" UPSAMPLE=phases CONV=hybrid bash tools/gpu_benchmarks.sh OUT_DIR2   (~340 s;
-#   on the same warm machine, whose compilation cache then holds part 3's programs;
-#   UPSAMPLE, CONV: the fastest configuration of part 3, default subpixel, grouped; give it
-#   the session's remaining device time: a part cut by it keeps what it measured)
-# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6": a quick
+#   bash tools/gpu_benchmarks.sh OUT_DIR                        (parts 1-4: <= 545 s)
+#   PARTS="5 6 7" UPSAMPLE=taps CONV=hybrid bash tools/gpu_benchmarks.sh OUT_DIR2   (~340 s;
+#   on the same warm machine, whose compilation cache then holds parts 2-4's programs;
+#   UPSAMPLE, CONV: the fastest configuration of parts 2-4, default subpixel, grouped; give
+#   it the session's remaining device time: a part cut by it keeps what it measured)
+# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7": a quick
 # CPU dry run.)
-# Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, tune_fp32.json,
-# max.json, check.json, report.txt} (report.txt: tools/gpu_report.py's table and verdict;
-# run it on both calls' JSON copied into one folder for the whole table).
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, hybrid.json,
+# tune_fp32.json, max.json, check.json, report.txt} (report.txt: tools/gpu_report.py's
+# table and verdict; run it on both calls' JSON copied into one folder for the whole table).
 # Parts run in order of importance, each under its own time limit; benchmark.py rewrites its
 # JSON after every batch size and logs each compilation's start and end, so a cut part still
 # tells. Measured on an H200 (jax 0.11.2, 2026-11-27): each part spends ~20 s starting (jax,
@@ -48,25 +48,29 @@ part 1 45 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls
   --conv_impls=xla --modulations=activations --dtypes=float32 --batch_sizes=1 \
   --json_out="$out/batch1.json"
 # 2. The default graph (sub-pixel upsampling, batch-grouped weight gradients, fused
-#    modulation) with bf16 generator and LPIPS: batch 1 and 8, with a per-instruction
-#    profile of batch 8.
-part 2 200 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
-  --conv_impls=grouped --modulations=auto --dtypes=bfloat16 --batch_sizes=1,$b \
+#    modulation) with bf16 generator and LPIPS at batch 8, profiled per instruction
+#    (batch 1 is part 6's).
+part 2 130 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
+  --conv_impls=grouped --modulations=auto --dtypes=bfloat16 --batch_sizes=$b \
   --profile_batches=$b --json_out="$out/tune.json"
-# 3. The candidates at batch 8, profiled: phase-split upsampling (-32% FLOPs) and im2col
-#    matrix products for the wide convs (conv_impl=hybrid), each alone and together
-#    (sub-pixel + grouped comes from part 2's cache).
-part 3 300 tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  --upsample_impls=subpixel,phases --conv_impls=grouped,hybrid --modulations=auto \
+# 3. The upsampling candidates at batch 8, profiled: the transposed conv's 9 taps as one
+#    matrix product (-43% FLOPs, no grouped convs for upsampling) and phase-split
+#    upsampling (-32% FLOPs, the smallest traffic floor).
+part 3 220 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  --upsample_impls=taps,phases --conv_impls=grouped --modulations=auto \
   --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b --json_out="$out/candidates.json"
-# 4. The chosen graph in fp32 (the config's default dtype), batched.
-part 4 80 tools/benchmark.py "${tune[@]}" --schedules=per_image "${chosen[@]}" \
+# 4. im2col matrix products for the wide convs (conv_impl=hybrid), with sub-pixel and taps.
+part 4 150 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  --upsample_impls=subpixel,taps --conv_impls=hybrid --modulations=auto \
+  --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b --json_out="$out/hybrid.json"
+# 5. The chosen graph in fp32 (the config's default dtype), batched.
+part 5 80 tools/benchmark.py "${tune[@]}" --schedules=per_image "${chosen[@]}" \
   --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
-# 5. The chosen graph in bf16 at batch 1, 8 (from the cache), 32 and the largest that fits.
-part 5 190 tools/benchmark.py "${tune[@]}" --schedules=per_image "${chosen[@]}" \
+# 6. The chosen graph in bf16 at batch 1, 8 (from the cache), 32 and the largest that fits.
+part 6 190 tools/benchmark.py "${tune[@]}" --schedules=per_image "${chosen[@]}" \
   --dtypes=bfloat16 --batch_sizes=1,$b,$((4 * b)) --max_batch --json_out="$out/max.json"
-# 6. Batched == alone and the bf16 error, on the device, config-f channels at 256.
-part 6 70 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
+# 7. Batched == alone and the bf16 error, on the device, config-f channels at 256.
+part 7 70 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
   --upsample_impl=${UPSAMPLE:-subpixel} --conv_impl=${CONV:-grouped} --modulation=auto \
   --json_out="$out/check.json"
 # The README table, the verdict against the issue's targets and the profiles by kind.

@@ -32,6 +32,35 @@ def fused_leaky_relu(x: Array, bias: Array) -> Array:
   return jax.nn.leaky_relu(x + bias.astype(x.dtype), 0.2) * _SQRT2
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def noise_bias_leaky_relu(out: Array, noise: Array, noise_weight: Array, bias: Array,
+                          dtype: Any) -> Array:
+  """StyledConv's epilogue: fused_leaky_relu(out + noise_weight * noise, bias) computed in
+  float32, returned in `dtype`; out [N, H, W, C], noise broadcastable to [N, H, W, 1],
+  noise_weight (1,), bias (C,). Its VJP keeps only the result (the activation's slope is
+  read off its sign, which leaky ReLU keeps), so no float32 pre-activation map is stored
+  for the backward pass (XLA's autodiff stored one per layer: in the H200 plan of the bf16
+  tuning step, a float32 map written once and read twice at each upsampling layer)."""
+  return _noise_bias_leaky_relu_forward(out, noise, noise_weight, bias, dtype)[0]
+
+
+def _noise_bias_leaky_relu_forward(out, noise, noise_weight, bias, dtype):
+  y = fused_leaky_relu(out.astype(jnp.float32) + noise_weight * noise, bias).astype(dtype)
+  return y, (y, jnp.zeros((), out.dtype), noise, noise_weight, bias)
+
+
+def _noise_bias_leaky_relu_backward(dtype, residuals, dy):
+  y, out_zero, noise, noise_weight, bias = residuals
+  # jax.nn.leaky_relu's slope is 1 where its input is >= 0, where y >= 0.
+  d_pre = dy.astype(jnp.float32) * jnp.where(y >= 0, _SQRT2, 0.2 * _SQRT2)
+  _, pullback = jax.vjp(lambda n, w, b: jnp.broadcast_to(w * n + b, y.shape), noise,
+                        noise_weight, bias)
+  return (d_pre.astype(out_zero.dtype),) + pullback(d_pre)
+
+
+noise_bias_leaky_relu.defvjp(_noise_bias_leaky_relu_forward, _noise_bias_leaky_relu_backward)
+
+
 def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0)) -> Array:
   """Upsample (zero insertion), pad, FIR-filter, downsample; NHWC, per channel.
@@ -57,7 +86,7 @@ def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
   return out
 
 
-UPSAMPLE_IMPLS = ("dilated", "subpixel", "phases")
+UPSAMPLE_IMPLS = ("dilated", "subpixel", "phases", "taps")
 MODULATIONS = ("activations", "weights", "auto")
 CONV_IMPLS = ("xla", "grouped", "tapwise", "im2col", "hybrid")
 # "hybrid": conv_im2col for kernels with at least this many output channels, else grouped.
@@ -292,6 +321,27 @@ def transposed_phase_kernel(w: Array) -> Array:
   return _phase_kernel(w, select, 2)
 
 
+def transposed_conv_taps(x: Array, w: Array, precision: Any) -> Array:
+  """torch conv_transpose2d(x, w, stride=2, padding=0) for x [N, H, W, I], w [3, 3, I, O]
+  -> [N, 2H + 2, 2W + 2, O] in x's dtype (the 2H + 1 samples, then one zero row and column):
+  ONE matrix product of every input pixel with the 9 taps side by side (w as [I, 9 O],
+  accumulated in float32, stored in x's dtype), then each tap's products placed at its
+  stride-2 positions (t[2i + a, 2j + b] += x[i, j] w[a, b]: a pad with interior zeros)
+  and summed in float32. Exactly the transposed conv's 9 multiply-adds per input pixel and
+  channel pair (sub-pixel: 36, phases: 16); under vmap over per-image weights the product
+  and both its gradients are batched matrix products (the products' gradient is the
+  output gradient's strided slices): no convolution, no zero-inserted input."""
+  n, h, wd, i = x.shape
+  o = w.shape[3]
+  taps = jnp.einsum("nhwi,ik->nhwk", x, jnp.transpose(w, (2, 0, 1, 3)).reshape(i, 9 * o),
+                    precision=precision, preferred_element_type=jnp.float32)
+  taps = taps.astype(x.dtype).reshape(n, h, wd, 3, 3, o)
+  zero = jnp.zeros((), jnp.float32)
+  return sum(jax.lax.pad(taps[:, :, :, a, b].astype(jnp.float32), zero,
+                         ((0, 0, 0), (a, 3 - a, 1), (b, 3 - b, 1), (0, 0, 0)))
+             for a in range(3) for b in range(3)).astype(x.dtype)
+
+
 def fir_blur_valid(x: Array, taps: Sequence[float]) -> Array:
   """'valid' 2-D FIR filter with the kernel make_blur_kernel(taps) * 4 applied as upfirdn2d
   does (a true convolution): [N, H, W, C] -> [N, H - t + 1, W - t + 1, C], t = len(taps).
@@ -363,6 +413,9 @@ class ModulatedConv2d(nn.Module):
   # "phases": the transposed conv as one 2x2 conv over its 4 output phases (no
   # zero-inserted input, 16 taps instead of sub-pixel's 36), then the blur as shifted
   # slices (fir_blur_valid).
+  # "taps": the transposed conv as one matrix product onto its 9 taps, each placed at its
+  # stride-2 output positions (transposed_conv_taps: exactly 9 taps, no convolution), then
+  # the blur as for "phases".
   upsample_impl: str = "dilated"
   conv_impl: str = "xla"   # stride-1 convs: one of CONV_IMPLS (see conv2d)
   modulation: str = "activations"   # | "weights" | "auto" (see above)
@@ -380,7 +433,7 @@ class ModulatedConv2d(nn.Module):
     if self.modulation not in MODULATIONS:
       raise ValueError(f"modulation must be one of {MODULATIONS}, got {self.modulation!r}")
     upsample = self.upsample_impl if self.upsample else None
-    if upsample in ("subpixel", "phases") and (k != 3 or len(self.blur_kernel) != 4):
+    if upsample in ("subpixel", "phases", "taps") and (k != 3 or len(self.blur_kernel) != 4):
       raise ValueError(f"{upsample} upsampling is derived for a 3x3 kernel and a 4-tap blur")
     conv = functools.partial(_convolve, upsample=upsample, blur_kernel=tuple(self.blur_kernel),
                              dtype=self.dtype, precision=self.precision,
@@ -415,19 +468,22 @@ def _convolve(x: Array, w: Array, upsample: str | None, blur_kernel: tuple, dtyp
   """The convolution of ModulatedConv2d with ONE weight w [k, k, in, out] (x [N, H, W, in]
   already modulated, or w modulated): stride 1 (upsample None); or the upsampling
   transposed conv, "dilated" before its blur, "subpixel" with its blur folded in, "phases"
-  followed by its blur."""
+  and "taps" followed by their blur."""
   x, k = x.astype(dtype), w.shape[0]
   if upsample == "subpixel":
     kernel = make_blur_kernel(blur_kernel) * 4
     return depth_to_space2(conv2d(
         x, subpixel_upsample_kernel(w, kernel).astype(dtype), precision, conv_impl))
-  if upsample == "phases":
-    # Phases of the (2H+1)-sample transposed conv, plus one zero row/column at 2H+1.
-    # (Padded ahead: with the padding inside the conv, XLA's GPU backend cannot map its
-    # batch-1 weight gradient to cuDNN's backward-filter call.)
-    t = depth_to_space2(conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))),
-                               transposed_phase_kernel(w).astype(dtype), precision,
-                               conv_impl, padding=((0, 0), (0, 0))))
+  if upsample in ("phases", "taps"):
+    # The (2H+1)-sample transposed conv, plus one zero row/column at 2H+1. (phases: padded
+    # ahead; with the padding inside the conv, XLA's GPU backend cannot map its batch-1
+    # weight gradient to cuDNN's backward-filter call.)
+    if upsample == "taps":
+      t = transposed_conv_taps(x, w.astype(dtype), precision)
+    else:
+      t = depth_to_space2(conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))),
+                                 transposed_phase_kernel(w).astype(dtype), precision,
+                                 conv_impl, padding=((0, 0), (0, 0))))
     # upfirdn2d's pad=(1, 1) of the dilated path: the zero at 2H+1 is the high-side one.
     return fir_blur_valid(jnp.pad(t, ((0, 0), (1, 0), (1, 0), (0, 0))), blur_kernel)
   if upsample == "dilated":
@@ -466,9 +522,8 @@ class StyledConv(nn.Module):
                           conv_impl=self.conv_impl, modulation=self.modulation,
                           name="conv")(x, style)
     noise_weight = self.param("noise_weight", nn.initializers.zeros, (1,))
-    out = out + noise_weight * noise
     bias = self.param("activate_bias", nn.initializers.zeros, (self.out_channels,))
-    return fused_leaky_relu(out, bias).astype(self.dtype)
+    return noise_bias_leaky_relu(out, noise, noise_weight, bias, self.dtype)
 
 
 class ToRGB(nn.Module):

@@ -137,7 +137,8 @@ class Generator(nn.Module):
   dtype: Any = jnp.float32           # convs and maps between layers; modulation, noise,
                                      # bias, activation math and the image stay float32
   precision: Any = None              # lax precision for convs/matmuls (None = default)
-  upsample_impl: str = "dilated"     # "subpixel" | "phases": same function, see ModulatedConv2d
+  upsample_impl: str = "dilated"     # "subpixel" | "phases" | "taps": same function,
+                                     # see ModulatedConv2d
   conv_impl: str = "xla"             # "grouped" | "hybrid" | ...: same function, layers.conv2d
   modulation: str = "activations"    # "weights" | "auto": same function, see ModulatedConv2d
 
