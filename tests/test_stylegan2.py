@@ -45,8 +45,9 @@ def test_golden_parity_float32():
 @pytest.mark.parametrize("upsample_impl", ["subpixel", "phases", "taps"])
 def test_golden_parity_of_the_fast_graphs_256(upsample_impl):
   """The graphs that compute the same function differently (the config's default:
-  sub-pixel upsampling, batch-grouped weight gradients, fused modulation where it pays; and
-  phase-split upsampling) against the official PyTorch run's image and gradients."""
+  sub-pixel upsampling, batch-grouped weight gradients, fused modulation where it pays;
+  phase-split and taps upsampling) against the official PyTorch run's image and
+  gradients."""
   manifest = recipe.load_manifest(GOLDEN)
   entry = manifest["models"]["stylegan2_256"]
   graph = dict(upsample_impl=upsample_impl, conv_impl="grouped", modulation="auto")
@@ -229,7 +230,8 @@ def test_truncation_and_mean_latent():
 def test_upsampling_impls_are_the_same_function(upsample_impl):
   """upsample_impl='subpixel' (one 3x3 conv over 4 phases, blur folded in), 'phases'
   (one 2x2 conv over the transposed conv's 4 phases, then the blur as shifted slices) and
-  'taps' (one matrix product onto the 9 taps, added into the phases, then the blur) ==
+  'taps' (one matrix product onto the 9 taps, each placed at its stride-2 positions, then
+  the blur) ==
   the torch-shaped path (lhs-dilated transposed conv, then the FIR blur), values and
   grads."""
   kw = dict(style_dim=32, n_mlp=2, channel_max=16)
