@@ -369,16 +369,25 @@ def test_upsampling_kernels_are_built_without_matrix_products():
 
 @pytest.mark.parametrize("out_dtype,dtype", [(jnp.float32, jnp.float32),
                                              (jnp.bfloat16, jnp.bfloat16),
-                                             (jnp.float32, jnp.bfloat16)])
+                                             (jnp.float32, jnp.bfloat16),
+                                             (jnp.float64, jnp.float64)])
 def test_styled_conv_epilogue_vjp_is_autodiffs(out_dtype, dtype):
   """layers.noise_bias_leaky_relu (custom VJP that keeps only its result) == JAX's
   autodiff of fused_leaky_relu(out + noise_weight * noise, bias): the result and the
   gradients of out (in out's dtype), of a per-image noise map, the noise strength and
-  the bias, with zeros and both signs in the pre-activation."""
+  the bias, with zeros and both signs in the pre-activation; float64 throughout with x64
+  (the golden float64 parity runs)."""
+  with jax.enable_x64(out_dtype == jnp.float64):
+    _check_epilogue_vjp(out_dtype, dtype)
+
+
+def _check_epilogue_vjp(out_dtype, dtype):
   keys = jax.random.split(jax.random.key(0), 4)
-  out = jax.random.normal(keys[0], (2, 5, 5, 4)).at[0, 0, 0].set(0.0).astype(out_dtype)
-  noise = jax.random.normal(keys[1], (2, 5, 5, 1)).at[0, 0, 0].set(0.0)
-  args = (out, noise, jnp.array([0.3]), jax.random.normal(keys[2], (4,)).at[0].set(0.0))
+  out = jax.random.normal(keys[0], (2, 5, 5, 4), out_dtype).at[0, 0, 0].set(0.0)
+  params = jnp.float64 if out_dtype == jnp.float64 else jnp.float32
+  noise = jax.random.normal(keys[1], (2, 5, 5, 1), params).at[0, 0, 0].set(0.0)
+  args = (out, noise, jnp.array([0.3], params),
+          jax.random.normal(keys[2], (4,), params).at[0].set(0.0))
   dy = jax.random.normal(keys[3], (2, 5, 5, 4)).astype(dtype)
 
   def autodiff(o, n, w, b):

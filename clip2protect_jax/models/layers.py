@@ -36,7 +36,7 @@ def fused_leaky_relu(x: Array, bias: Array) -> Array:
 def noise_bias_leaky_relu(out: Array, noise: Array, noise_weight: Array, bias: Array,
                           dtype: Any) -> Array:
   """StyledConv's epilogue: fused_leaky_relu(out + noise_weight * noise, bias) computed in
-  float32, returned in `dtype`; out [N, H, W, C], noise broadcastable to [N, H, W, 1],
+  float32 (or float64), returned in `dtype`; out [N, H, W, C], noise broadcastable to [N, H, W, 1],
   noise_weight (1,), bias (C,). Its VJP keeps only the result (the activation's slope is
   read off its sign, which leaky ReLU keeps), so no float32 pre-activation map is stored
   for the backward pass (XLA's autodiff stored one per layer: in the H200 plan of the bf16
@@ -45,14 +45,16 @@ def noise_bias_leaky_relu(out: Array, noise: Array, noise_weight: Array, bias: A
 
 
 def _noise_bias_leaky_relu_forward(out, noise, noise_weight, bias, dtype):
-  y = fused_leaky_relu(out.astype(jnp.float32) + noise_weight * noise, bias).astype(dtype)
+  y = fused_leaky_relu(out + noise_weight * noise, bias).astype(dtype)
   return y, (y, jnp.zeros((), out.dtype), noise, noise_weight, bias)
 
 
 def _noise_bias_leaky_relu_backward(dtype, residuals, dy):
   y, out_zero, noise, noise_weight, bias = residuals
-  # jax.nn.leaky_relu's slope is 1 where its input is >= 0, where y >= 0.
-  d_pre = dy.astype(jnp.float32) * jnp.where(y >= 0, _SQRT2, 0.2 * _SQRT2)
+  # The forward's arithmetic type (float32, or float64 with x64); jax.nn.leaky_relu's slope
+  # is 1 where its input is >= 0, i.e. where y >= 0.
+  compute = jnp.result_type(out_zero, noise, noise_weight)
+  d_pre = dy.astype(compute) * jnp.where(y >= 0, _SQRT2, 0.2 * _SQRT2).astype(compute)
   _, pullback = jax.vjp(lambda n, w, b: jnp.broadcast_to(w * n + b, y.shape), noise,
                         noise_weight, bias)
   return (d_pre.astype(out_zero.dtype),) + pullback(d_pre)
