@@ -36,8 +36,8 @@ def fused_leaky_relu(x: Array, bias: Array) -> Array:
 def noise_bias_leaky_relu(out: Array, noise: Array, noise_weight: Array, bias: Array,
                           dtype: Any) -> Array:
   """StyledConv's epilogue: fused_leaky_relu(out + noise_weight * noise, bias) computed in
-  float32 (or float64), returned in `dtype`; out [N, H, W, C], noise broadcastable to [N, H, W, 1],
-  noise_weight (1,), bias (C,). Its VJP keeps only the result (the activation's slope is
+  float32 (or float64), returned in `dtype`; out [N, H, W, C], noise broadcastable to
+  [N, H, W, 1], noise_weight (1,), bias (C,). Its VJP keeps only the result (the activation's slope is
   read off its sign, which leaky ReLU keeps), so no float32 pre-activation map is stored
   for the backward pass (XLA's autodiff stored one per layer: in the H200 plan of the bf16
   tuning step, a float32 map written once and read twice at each upsampling layer)."""
@@ -435,7 +435,7 @@ class ModulatedConv2d(nn.Module):
     if self.modulation not in MODULATIONS:
       raise ValueError(f"modulation must be one of {MODULATIONS}, got {self.modulation!r}")
     upsample = self.upsample_impl if self.upsample else None
-    if upsample in ("subpixel", "phases", "taps") and (k != 3 or len(self.blur_kernel) != 4):
+    if upsample not in (None, "dilated") and (k != 3 or len(self.blur_kernel) != 4):
       raise ValueError(f"{upsample} upsampling is derived for a 3x3 kernel and a 4-tap blur")
     conv = functools.partial(_convolve, upsample=upsample, blur_kernel=tuple(self.blur_kernel),
                              dtype=self.dtype, precision=self.precision,
