@@ -21,8 +21,8 @@ def write_benchmark(path, rows):
                               "jax": "0.11.2", "size": 1024, "results": rows}))
 
 
-def report(folder):
-  return subprocess.run([sys.executable, "tools/gpu_report.py", str(folder)],
+def report(folder, *flags):
+  return subprocess.run([sys.executable, "tools/gpu_report.py", str(folder), *flags],
                         capture_output=True, text=True, check=False)
 
 
@@ -75,6 +75,24 @@ def test_without_the_baseline_batch_1_and_without_rows(tmp_path):
   assert out.returncode != 0
   assert "no tune_step rows that ran" in out.stderr
   assert "gpu_benchmarks.sh" in out.stderr
+
+
+def test_fastest_per_image_bf16_configuration(tmp_path):
+  """--fastest (gpu_benchmarks.sh picks the graph of its later parts with it): the per_image
+  bfloat16 row with the most images/s, not a faster joint or float32 one."""
+  write_benchmark(tmp_path / "tune.json", [
+      tune_row("per_image", "subpixel", "grouped", "auto", "bfloat16", 8, 0.050),
+      tune_row("per_image", "taps", "grouped", "auto", "bfloat16", 8, 0.040),
+      tune_row("per_image", "phases", "grouped", "auto", "bfloat16", 8, float("nan")),
+      tune_row("per_image", "phases", "grouped", "auto", "float32", 8, 0.010),
+      tune_row("joint", "subpixel", "grouped", "auto", "bfloat16", 8, 0.010)])
+  out = report(tmp_path, "--fastest")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ["taps", "grouped"]
+  write_benchmark(tmp_path / "tune.json", [
+      tune_row("joint", "subpixel", "grouped", "auto", "bfloat16", 8, 0.010)])
+  out = report(tmp_path, "--fastest")
+  assert out.returncode != 0 and "no per_image bfloat16 tune_step row" in out.stderr
 
 
 @pytest.mark.parametrize("args", [[], ["a", "b"]])

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The GPU measurements for README's performance tables (issue 8), in two short device calls.
-#   bash tools/gpu_benchmarks.sh OUT_DIR                        (parts 1-4: <= 545 s)
-#   PARTS="5 6 7" UPSAMPLE=taps CONV=hybrid bash tools/gpu_benchmarks.sh OUT_DIR2   (~340 s;
-#   on the same warm machine, whose compilation cache then holds parts 2-4's programs;
-#   UPSAMPLE, CONV: the fastest configuration of parts 2-4, default subpixel, grouped; give
-#   it the session's remaining device time: a part cut by it keeps what it measured)
-# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7": a quick
+# The GPU measurements for README's performance tables (issue 8), sized for a session's 15
+# minutes of device time, which the machine's start (1-2 min) also spends:
+#   bash tools/gpu_benchmarks.sh OUT_DIR                          (parts 1-5: <= 580 s;
+#     device call with timeout_s=600)
+#   PARTS="6 7 8" UPSAMPLE=... CONV=... bash tools/gpu_benchmarks.sh OUT_DIR2   (~320 s:
+#     at once, on the same warm machine, whose compilation cache holds the first call's
+#     programs; UPSAMPLE, CONV: the first call's fastest, as its run.log's "== fastest"
+#     line says; timeout_s = the device time left, less 30 s: a part cut by it keeps what
+#     it measured)
+# Parts 4-5 (and 6-8 when UPSAMPLE/CONV are not given) run the fastest per-image bf16 graph
+# of the parts before them (tools/gpu_report.py --fastest), subpixel/grouped if none ran.
+# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7 8": a quick
 # CPU dry run.)
-# Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, hybrid.json,
-# tune_fp32.json, max.json, check.json, report.txt} (report.txt: tools/gpu_report.py's
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, scaled.json, check.json,
+# max.json, hybrid.json, tune_fp32.json, report.txt} (report.txt: tools/gpu_report.py's
 # table and verdict; run it on both calls' JSON copied into one folder for the whole table).
 # Parts run in order of importance, each under its own time limit; benchmark.py rewrites its
 # JSON after every batch size and logs each compilation's start and end, so a cut part still
@@ -28,7 +33,7 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/c2p_jax_cache}
 log="$out/run.log"
 filter() { grep --line-buffered -v "^W0000\|^I0000\|libtpu" | tee -a "$log"; }
-parts=" ${PARTS:-1 2 3} "
+parts=" ${PARTS:-1 2 3 4 5} "
 # part N SECONDS TOOL ARGS...: runs TOOL under a time limit if N is among $PARTS.
 part() {
   local n=$1 seconds=$2; shift 2
@@ -41,38 +46,50 @@ part() {
   2>&1 | filter
 tune=(--size=${SIZE:-1024} --modes=tune_step --iters=3 --profile_top=25)
 b=${BATCHES:-8}
-chosen=(--upsample_impls=${UPSAMPLE:-subpixel} --conv_impls=${CONV:-grouped} --modulations=auto)
+# The graph of the later parts: UPSAMPLE/CONV if given, else the fastest so far.
+chosen() {
+  local up=${UPSAMPLE:-} conv=${CONV:-}
+  if [[ -z $up || -z $conv ]]; then
+    read -r up conv < <($py tools/gpu_report.py "$out" --fastest 2>/dev/null) || true
+  fi
+  up=${up:-subpixel} conv=${conv:-grouped}
+  echo "== fastest per-image bf16 graph so far: UPSAMPLE=$up CONV=$conv" | filter >&2
+  echo "--upsample_impls=$up --conv_impls=$conv --modulations=auto"
+}
 # 1. The baseline of the ">= 8x" target: batch 1 of the torch-shaped fp32 graph (the default
 #    before issue 8; profiled on 2026-11-27, README).
 part 1 45 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=dilated \
   --conv_impls=xla --modulations=activations --dtypes=float32 --batch_sizes=1 \
   --json_out="$out/batch1.json"
 # 2. The default graph (sub-pixel upsampling, batch-grouped weight gradients, fused
-#    modulation) with bf16 generator and LPIPS at batch 8, profiled per instruction
-#    (batch 1 is part 6's).
+#    modulation) with bf16 generator and LPIPS at batch 8, profiled per instruction.
 part 2 130 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impls=subpixel \
   --conv_impls=grouped --modulations=auto --dtypes=bfloat16 --batch_sizes=$b \
   --profile_batches=$b --json_out="$out/tune.json"
-# 3. The upsampling candidates at batch 8, profiled: the transposed conv's 9 taps as one
-#    matrix product (-43% FLOPs, no grouped convs for upsampling) and phase-split
-#    upsampling (-32% FLOPs, the smallest traffic floor).
+# 3. The upsampling candidates at batch 8, profiled: phase-split upsampling (-31% FLOPs, the
+#    smallest traffic floor) and the transposed conv's 9 taps as one matrix product (-43%
+#    FLOPs, no grouped convs for upsampling).
 part 3 220 tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  --upsample_impls=taps,phases --conv_impls=grouped --modulations=auto \
+  --upsample_impls=phases,taps --conv_impls=grouped --modulations=auto \
   --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b --json_out="$out/candidates.json"
-# 4. im2col matrix products for the wide convs (conv_impl=hybrid), with sub-pixel and taps.
-part 4 150 tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  --upsample_impls=subpixel,taps --conv_impls=hybrid --modulations=auto \
-  --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b --json_out="$out/hybrid.json"
-# 5. The chosen graph in fp32 (the config's default dtype), batched.
-part 5 80 tools/benchmark.py "${tune[@]}" --schedules=per_image "${chosen[@]}" \
-  --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
-# 6. The chosen graph in bf16 at batch 1, 8 (from the cache), 32 and the largest that fits.
-part 6 190 tools/benchmark.py "${tune[@]}" --schedules=per_image "${chosen[@]}" \
-  --dtypes=bfloat16 --batch_sizes=1,$b,$((4 * b)) --max_batch --json_out="$out/max.json"
-# 7. Batched == alone and the bf16 error, on the device, config-f channels at 256.
-part 7 70 tools/check_tuning.py --size=${CHECK_SIZE:-256} --batch=4 --steps=20 \
-  --upsample_impl=${UPSAMPLE:-subpixel} --conv_impl=${CONV:-grouped} --modulation=auto \
+# 4. The fastest of parts 2-3 at 4x the batch (batch 8 again, from the compilation cache).
+[[ $parts == *" 4 "* ]] && part 4 125 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  $(chosen) --dtypes=bfloat16 --batch_sizes=$b,$((4 * b)) --json_out="$out/scaled.json"
+# 5. Batched == alone and the bf16 error, on the device, config-f channels at 256.
+[[ $parts == *" 5 "* ]] && part 5 55 tools/check_tuning.py --size=${CHECK_SIZE:-256} \
+  --batch=4 --steps=20 $(chosen | sed 's/_impls=/_impl=/g; s/modulations/modulation/') \
   --json_out="$out/check.json"
+# 6. The fastest graph at the largest batch that fits (batches 8 and 32 from the cache).
+[[ $parts == *" 6 "* ]] && part 6 130 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  $(chosen) --dtypes=bfloat16 --batch_sizes=$b,$((4 * b)) --max_batch \
+  --json_out="$out/max.json"
+# 7. im2col matrix products for the wide convs (conv_impl=hybrid) with the fastest upsampling.
+[[ $parts == *" 7 "* ]] && part 7 110 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  $(chosen | sed 's/--conv_impls=[a-z]*/--conv_impls=hybrid/') --dtypes=bfloat16 \
+  --batch_sizes=$b --profile_batches=$b --json_out="$out/hybrid.json"
+# 8. The fastest graph in fp32 (the config's default dtype), batched.
+[[ $parts == *" 8 "* ]] && part 8 80 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  $(chosen) --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
 # The README table, the verdict against the issue's targets and the profiles by kind.
 echo "== report $(date +%T)" | filter
 $py tools/gpu_report.py "$out" 2>&1 | tee "$out/report.txt" | filter

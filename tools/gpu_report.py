@@ -3,6 +3,7 @@ README, the verdict against the issue's two targets, the profiles by kind and th
 check. Prints; asserts nothing.
 
   python tools/gpu_report.py OUT_DIR [--steps=150]
+  python tools/gpu_report.py OUT_DIR --fastest   # prints "UPSAMPLE CONV" (for the script)
 
 Reads every OUT_DIR/*.json written by tools/benchmark.py (tune_step rows that ran) and
 check.json (tools/check_tuning.py). Throughput is tuning steps of one image per second
@@ -22,6 +23,8 @@ import sys
 from absl import app, flags
 
 flags.DEFINE_integer("steps", 150, "Tuning steps per image (paper: 150).")
+flags.DEFINE_bool("fastest", False, "Print only the upsample_impl and conv_impl of the "
+                  "fastest per_image bfloat16 row (most images/s), for gpu_benchmarks.sh.")
 FLAGS = flags.FLAGS
 
 BASELINE = ("per_image", "dilated", "xla", "activations", "float32")
@@ -115,6 +118,12 @@ def verdict(rows: list[dict], steps: int) -> list[str]:
   return lines
 
 
+def fastest(rows: list[dict]) -> dict | None:
+  """The per_image bfloat16 row with the most images/s, or None."""
+  candidates = [r for r in rows if r["schedule"] == "per_image" and r["dtype"] == "bfloat16"]
+  return max(candidates, key=lambda r: r["images_per_s"], default=None)
+
+
 def profiles(rows: list[dict], top: int = 6) -> list[str]:
   """Each profiled row's device time by kind of op, largest first."""
   lines = []
@@ -152,6 +161,12 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python tools/gpu_report.py OUT_DIR")
   devices, rows = load_tune_rows(argv[1])
+  if FLAGS.fastest:
+    best = fastest(rows)
+    if best is None:
+      sys.exit(f"{argv[1]}: no per_image bfloat16 tune_step row that ran")
+    print(best["upsample_impl"], best["conv_impl"])
+    return
   if not rows:
     sys.exit(f"{argv[1]}: no tune_step rows that ran (benchmark.py --json_out files); "
              "run bash tools/gpu_benchmarks.sh OUT_DIR on a GPU first")

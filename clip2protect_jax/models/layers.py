@@ -55,9 +55,19 @@ def _noise_bias_leaky_relu_backward(dtype, residuals, dy):
   # is 1 where its input is >= 0, i.e. where y >= 0.
   compute = jnp.result_type(out_zero, noise, noise_weight)
   d_pre = dy.astype(compute) * jnp.where(y >= 0, _SQRT2, 0.2 * _SQRT2).astype(compute)
-  _, pullback = jax.vjp(lambda n, w, b: jnp.broadcast_to(w * n + b, y.shape), noise,
-                        noise_weight, bias)
-  return (d_pre.astype(out_zero.dtype),) + pullback(d_pre)
+  # Both parameter gradients as ONE reduction over the pixels to one value per channel
+  # (a variadic reduce, which XLA neither splits nor reorders), computed in the pass that
+  # writes d_pre; autodiff summed the noise strength's over the channels first, a second
+  # pass over the output gradient and a stored mask map.
+  zero = jnp.zeros((), compute)
+  d_bias, d_noise_weight = jax.lax.reduce(
+      (d_pre, d_pre * noise), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]),
+      tuple(range(y.ndim - 1)))
+  d_noise_weight = jnp.sum(d_noise_weight)
+  _, noise_pullback = jax.vjp(lambda n: jnp.broadcast_to(noise_weight * n, y.shape), noise)
+  return (d_pre.astype(out_zero.dtype), *noise_pullback(d_pre),
+          d_noise_weight.reshape(noise_weight.shape).astype(noise_weight.dtype),
+          d_bias.reshape(bias.shape).astype(bias.dtype))
 
 
 noise_bias_leaky_relu.defvjp(_noise_bias_leaky_relu_forward, _noise_bias_leaky_relu_backward)
