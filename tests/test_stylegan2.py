@@ -402,6 +402,34 @@ def _check_epilogue_vjp(out_dtype, dtype):
                                rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_few_output_1x1_conv_gradients_are_autodiffs(dtype):
+  """A 1x1 conv with 3 outputs (to_rgb) under conv_impl='grouped' (a matrix product whose
+  input gradient is a custom elementwise sum of 3 products) == XLA's conv and its
+  autodiff: value and both gradients, per image under vmap, in the operands' dtypes; the
+  input gradient's HLO is elementwise (no dot or convolution for it)."""
+  keys = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(keys[0], (2, 1, 6, 6, 5)).astype(dtype)
+  w = jax.random.normal(keys[1], (2, 1, 1, 5, 3)).astype(dtype)
+  dy = jax.random.normal(keys[2], (2, 1, 6, 6, 3)).astype(dtype)
+
+  def value_and_grads(impl):
+    def one(xi, wi, dyi):
+      y, vjp = jax.vjp(lambda a, b: layers.conv2d(a, b, impl=impl), xi, wi)
+      return (y,) + vjp(dyi)
+    return jax.vmap(one)(x, w, dy)
+  tol = 1e-6 if dtype == jnp.float32 else 2e-2
+  for got, want in zip(value_and_grads("grouped"), value_and_grads("xla")):
+    assert got.dtype == want.dtype == dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=tol, atol=tol * float(jnp.abs(want.astype(jnp.float32)).max()))
+
+  def input_grad(xi, wi):
+    return jax.grad(lambda a: jnp.sum(layers.conv2d(a, wi, impl="grouped") ** 2))(xi)
+  hlo = jax.jit(jax.vmap(input_grad)).lower(x, w).as_text(dialect="hlo")
+  assert hlo.count(" dot(") == 1 and " convolution(" not in hlo    # the forward's product
+
+
 def test_taps_upsampling_is_matrix_products_per_image():
   """upsample_impl='taps' under vmap over per-image parameters (the tuning layout): the
   same per-image gradients as the torch-shaped generator, and the transposed conv with

@@ -37,10 +37,11 @@ def noise_bias_leaky_relu(out: Array, noise: Array, noise_weight: Array, bias: A
                           dtype: Any) -> Array:
   """StyledConv's epilogue: fused_leaky_relu(out + noise_weight * noise, bias) computed in
   float32 (or float64), returned in `dtype`; out [N, H, W, C], noise broadcastable to
-  [N, H, W, 1], noise_weight (1,), bias (C,). Its VJP keeps only the result (the activation's slope is
-  read off its sign, which leaky ReLU keeps), so no float32 pre-activation map is stored
-  for the backward pass (XLA's autodiff stored one per layer: in the H200 plan of the bf16
-  tuning step, a float32 map written once and read twice at each upsampling layer)."""
+  [N, H, W, 1], noise_weight (1,), bias (C,). Its VJP keeps only the result (the
+  activation's slope is read off its sign, which leaky ReLU keeps), so no float32
+  pre-activation map is stored for the backward pass (XLA's autodiff stored one per layer:
+  in the H200 plan of the bf16 tuning step, a float32 map written once and read twice at
+  each upsampling layer), and forms both parameter gradients in one pass (see below)."""
   return _noise_bias_leaky_relu_forward(out, noise, noise_weight, bias, dtype)[0]
 
 
@@ -55,10 +56,10 @@ def _noise_bias_leaky_relu_backward(dtype, residuals, dy):
   # is 1 where its input is >= 0, i.e. where y >= 0.
   compute = jnp.result_type(out_zero, noise, noise_weight)
   d_pre = dy.astype(compute) * jnp.where(y >= 0, _SQRT2, 0.2 * _SQRT2).astype(compute)
-  # Both parameter gradients as ONE reduction over the pixels to one value per channel
-  # (a variadic reduce, which XLA neither splits nor reorders), computed in the pass that
-  # writes d_pre; autodiff summed the noise strength's over the channels first, a second
-  # pass over the output gradient and a stored mask map.
+  # Both parameter gradients as ONE reduction over the pixels to one value per channel (a
+  # variadic reduce, which XLA does not reorder), computed in the pass that writes d_pre;
+  # autodiff summed the noise strength's over the channels first: a second pass over the
+  # output gradient, with a stored mask map.
   zero = jnp.zeros((), compute)
   d_bias, d_noise_weight = jax.lax.reduce(
       (d_pre, d_pre * noise), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]),
@@ -252,9 +253,53 @@ def _conv_1x1_as_matmul(x: Array, w: Array, precision: Any) -> Array:
   """A 1x1 conv (w [1, 1, I, O]) as a matrix product over the channels, output in x's dtype
   (accumulated in float32). Under vmap over per-image weights it and its gradients are
   batched matrix products; as a convolution it is a grouped cuDNN conv that loops over the
-  images (to_rgb at 1024, batch 8, bf16 on an H200: 16% of the tuning step's device time)."""
-  return jnp.einsum("nhwi,io->nhwo", x, w[0, 0], precision=precision,
-                    preferred_element_type=jnp.float32).astype(x.dtype)
+  images (to_rgb at 1024, batch 8, bf16 on an H200: 16% of the tuning step's device time).
+  With at most _FEW_OUTPUTS outputs (to_rgb's 3) see _conv_1x1_few_outputs."""
+  if w.shape[3] <= _FEW_OUTPUTS:
+    return _conv_1x1_few_outputs(x, w[0, 0], precision)
+  return _channel_matmul(x, w[0, 0], precision)
+
+
+def _channel_matmul(x: Array, w: Array, precision: Any) -> Array:
+  """x [N, H, W, I] @ w [I, O] -> [N, H, W, O] in x's dtype, accumulated in float32 (or
+  wider)."""
+  return jnp.einsum("nhwi,io->nhwo", x, w, precision=precision,
+                    preferred_element_type=_accumulation(x.dtype)).astype(x.dtype)
+
+
+def _accumulation(dtype: Any) -> Any:
+  """float32, or dtype if wider (float64 with x64)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+_FEW_OUTPUTS = 4   # 1x1 convs with at most this many outputs: _conv_1x1_few_outputs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_1x1_few_outputs(x: Array, w: Array, precision: Any) -> Array:
+  """_channel_matmul(x, w) for w [I, O <= _FEW_OUTPUTS], whose input gradient is the sum of
+  O per-output products in float32 (or wider): an elementwise expression that XLA fuses
+  into the pass that consumes it (the previous layer's epilogue gradient), where
+  autodiff's is a matrix product with O-long rows that writes the full-resolution gradient
+  map and reads it back (to_rgb at 1024: 134 MB per image and tuning step in bf16)."""
+  return _channel_matmul(x, w, precision)
+
+
+def _conv_1x1_few_outputs_forward(x, w, precision):
+  return _channel_matmul(x, w, precision), (x, w)
+
+
+def _conv_1x1_few_outputs_backward(precision, residuals, dy):
+  x, w = residuals
+  wide = _accumulation(jnp.promote_types(dy.dtype, w.dtype))
+  dy_wide, w_wide = dy.astype(wide), w.astype(wide)
+  dx = sum(dy_wide[..., o, None] * w_wide[:, o] for o in range(w.shape[1]))
+  dw = jnp.einsum("nhwi,nhwo->io", x, dy, precision=precision,
+                  preferred_element_type=_accumulation(jnp.promote_types(x.dtype, dy.dtype)))
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_conv_1x1_few_outputs.defvjp(_conv_1x1_few_outputs_forward, _conv_1x1_few_outputs_backward)
 
 
 def conv2d(x: Array, w: Array, precision: Any = None, impl: str = "xla",
