@@ -5,7 +5,7 @@
 #     device call with timeout_s=600)
 #   PARTS="6 7 8" UPSAMPLE=... CONV=... bash tools/gpu_benchmarks.sh OUT_DIR2   (~320 s:
 #     at once, on the same warm machine, whose compilation cache holds the first call's
-#     programs; UPSAMPLE, CONV: the first call's fastest, as its run.log's "== fastest"
+#     programs; UPSAMPLE, CONV: the first call's fastest, as its run.log's last "== graph"
 #     line says; timeout_s = the device time left, less 30 s: a part cut by it keeps what
 #     it measured)
 # Parts 4-5 (and 6-8 when UPSAMPLE/CONV are not given) run the fastest per-image bf16 graph
@@ -48,12 +48,13 @@ tune=(--size=${SIZE:-1024} --modes=tune_step --iters=3 --profile_top=25)
 b=${BATCHES:-8}
 # The graph of the later parts: UPSAMPLE/CONV if given, else the fastest so far.
 chosen() {
-  local up=${UPSAMPLE:-} conv=${CONV:-}
+  local up=${UPSAMPLE:-} conv=${CONV:-} source="given"
   if [[ -z $up || -z $conv ]]; then
+    source="the fastest per-image bf16 graph so far"
     read -r up conv < <($py tools/gpu_report.py "$out" --fastest 2>/dev/null) || true
   fi
   up=${up:-subpixel} conv=${conv:-grouped}
-  echo "== fastest per-image bf16 graph so far: UPSAMPLE=$up CONV=$conv" | filter >&2
+  echo "== graph: UPSAMPLE=$up CONV=$conv ($source)" | filter >&2
   echo "--upsample_impls=$up --conv_impls=$conv --modulations=auto"
 }
 # 1. The baseline of the ">= 8x" target: batch 1 of the torch-shaped fp32 graph (the default
