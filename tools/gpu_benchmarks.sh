@@ -5,9 +5,9 @@
 #     device call with timeout_s=600)
 #   PARTS="6 7 8" UPSAMPLE=... CONV=... bash tools/gpu_benchmarks.sh OUT_DIR2   (~320 s:
 #     at once, on the same warm machine, whose compilation cache holds the first call's
-#     programs; UPSAMPLE, CONV: the first call's fastest, as its run.log's last "== graph"
-#     line says; timeout_s = the device time left, less 30 s: a part cut by it keeps what
-#     it measured)
+#     programs; UPSAMPLE, CONV: the first call's fastest, the graph its run.log's
+#     "== part 5" line names; timeout_s = the device time left, less 30 s: a part cut by
+#     it keeps what it measured)
 # Parts 4-5 (and 6-8 when UPSAMPLE/CONV are not given) run the fastest per-image bf16 graph
 # of the parts before them (tools/gpu_report.py --fastest), subpixel/grouped if none ran.
 # (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7 8": a quick
@@ -38,7 +38,7 @@ parts=" ${PARTS:-1 2 3 4 5} "
 part() {
   local n=$1 seconds=$2; shift 2
   [[ $parts == *" $n "* ]] || return 0
-  echo "== part $n ($seconds s) $(date +%T)" | filter
+  echo "== part $n ($seconds s) $(date +%T): $*" | filter
   timeout "$seconds" $py "$@" 2>&1 | filter
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; $py -c \
@@ -48,13 +48,11 @@ tune=(--size=${SIZE:-1024} --modes=tune_step --iters=3 --profile_top=25)
 b=${BATCHES:-8}
 # The graph of the later parts: UPSAMPLE/CONV if given, else the fastest so far.
 chosen() {
-  local up=${UPSAMPLE:-} conv=${CONV:-} source="given"
+  local up=${UPSAMPLE:-} conv=${CONV:-}
   if [[ -z $up || -z $conv ]]; then
-    source="the fastest per-image bf16 graph so far"
     read -r up conv < <($py tools/gpu_report.py "$out" --fastest 2>/dev/null) || true
   fi
   up=${up:-subpixel} conv=${conv:-grouped}
-  echo "== graph: UPSAMPLE=$up CONV=$conv ($source)" | filter >&2
   echo "--upsample_impls=$up --conv_impls=$conv --modulations=auto"
 }
 # 1. The baseline of the ">= 8x" target: batch 1 of the torch-shaped fp32 graph (the default
@@ -74,22 +72,22 @@ part 3 220 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   --upsample_impls=phases,taps --conv_impls=grouped --modulations=auto \
   --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b --json_out="$out/candidates.json"
 # 4. The fastest of parts 2-3 at 4x the batch (batch 8 again, from the compilation cache).
-[[ $parts == *" 4 "* ]] && part 4 125 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+part 4 125 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen) --dtypes=bfloat16 --batch_sizes=$b,$((4 * b)) --json_out="$out/scaled.json"
 # 5. Batched == alone and the bf16 error, on the device, config-f channels at 256.
-[[ $parts == *" 5 "* ]] && part 5 55 tools/check_tuning.py --size=${CHECK_SIZE:-256} \
+part 5 55 tools/check_tuning.py --size=${CHECK_SIZE:-256} \
   --batch=4 --steps=20 $(chosen | sed 's/_impls=/_impl=/g; s/modulations/modulation/') \
   --json_out="$out/check.json"
 # 6. The fastest graph at the largest batch that fits (batches 8 and 32 from the cache).
-[[ $parts == *" 6 "* ]] && part 6 130 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+part 6 130 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen) --dtypes=bfloat16 --batch_sizes=$b,$((4 * b)) --max_batch \
   --json_out="$out/max.json"
 # 7. im2col matrix products for the wide convs (conv_impl=hybrid) with the fastest upsampling.
-[[ $parts == *" 7 "* ]] && part 7 110 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+part 7 110 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen | sed 's/--conv_impls=[a-z]*/--conv_impls=hybrid/') --dtypes=bfloat16 \
   --batch_sizes=$b --profile_batches=$b --json_out="$out/hybrid.json"
 # 8. The fastest graph in fp32 (the config's default dtype), batched.
-[[ $parts == *" 8 "* ]] && part 8 80 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+part 8 80 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen) --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
 # The README table, the verdict against the targets and the profiles by kind.
 echo "== report $(date +%T)" | filter

@@ -267,9 +267,9 @@ def _channel_matmul(x: Array, w: Array, precision: Any) -> Array:
                     preferred_element_type=_accumulation(x.dtype)).astype(x.dtype)
 
 
-def _accumulation(dtype: Any) -> Any:
-  """float32, or dtype if wider (float64 with x64)."""
-  return jnp.promote_types(dtype, jnp.float32)
+def _accumulation(*dtypes: Any) -> Any:
+  """float32, or the widest of dtypes if wider (float64 with x64)."""
+  return jnp.result_type(jnp.float32, *dtypes)
 
 
 _FEW_OUTPUTS = 4   # 1x1 convs with at most this many outputs: _conv_1x1_few_outputs
@@ -291,11 +291,11 @@ def _conv_1x1_few_outputs_forward(x, w, precision):
 
 def _conv_1x1_few_outputs_backward(precision, residuals, dy):
   x, w = residuals
-  wide = _accumulation(jnp.promote_types(dy.dtype, w.dtype))
+  wide = _accumulation(dy.dtype, w.dtype)
   dy_wide, w_wide = dy.astype(wide), w.astype(wide)
   dx = sum(dy_wide[..., o, None] * w_wide[:, o] for o in range(w.shape[1]))
   dw = jnp.einsum("nhwi,nhwo->io", x, dy, precision=precision,
-                  preferred_element_type=_accumulation(jnp.promote_types(x.dtype, dy.dtype)))
+                  preferred_element_type=_accumulation(x.dtype, dy.dtype))
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
