@@ -396,8 +396,10 @@ def _annotated_op(stats: dict[str, Any]) -> str | None:
 
 
 def tune_step_case(generator: Any, lpips_model: Any, lpips_vars: Any, gen_params: Any,
-                   schedule: str, batch: int) -> tuple[Callable, Callable[[], tuple], Callable]:
-  """The jitted stage-1 step of `schedule` at `batch` on random inputs (speed only).
+                   schedule: str, batch: int, max_resolution: int = 0
+                   ) -> tuple[Callable, Callable[[], tuple], Callable]:
+  """The jitted stage-1 step of `schedule` at `batch` on random inputs (speed only), tuning
+  the layers up to `max_resolution` px (0: all, tuning.TuningSettings).
 
   Returns (step, make_args, carry): make_args() allocates the step's arguments (one
   parameter copy per image for per_image, one shared set for joint; jax.eval_shape of it
@@ -405,7 +407,7 @@ def tune_step_case(generator: Any, lpips_model: Any, lpips_vars: Any, gen_params
   """
   from clip2protect_jax import tuning
   from clip2protect_jax.models import stylegan2
-  settings = tuning.TuningSettings(steps=0, schedule=schedule)
+  settings = tuning.TuningSettings(steps=0, schedule=schedule, max_resolution=max_resolution)
   size = generator.size
 
   def make_args():
@@ -416,7 +418,7 @@ def tune_step_case(generator: Any, lpips_model: Any, lpips_vars: Any, gen_params
                                  maxval=1)
     target = tuning.prepare_target(lpips_model, settings, lpips_vars, targets)
     return (*tuning.initial_state(settings, gen_params, batch),
-            *tuning.batch_inputs(settings, wplus0, noise, target, lpips_vars))
+            *tuning.batch_inputs(settings, gen_params, wplus0, noise, target, lpips_vars))
 
   def carry(out, args):   # params and optimiser state are donated: feed the new ones
     return (out[0], out[1]) + tuple(args[2:])

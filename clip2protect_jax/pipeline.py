@@ -52,7 +52,8 @@ def tuning_settings(config) -> tuning.TuningSettings:
   t = config.tune
   return tuning.TuningSettings(
       steps=t.steps, learning_rate=t.learning_rate, loss_resolution=t.loss_resolution,
-      mse_weight=t.mse_weight, lpips_weight=t.lpips_weight, schedule=t.schedule)
+      mse_weight=t.mse_weight, lpips_weight=t.lpips_weight, schedule=t.schedule,
+      max_resolution=t.max_resolution)
 
 
 def protect_settings(config) -> protect.ProtectSettings:
@@ -311,7 +312,7 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
         "corners": np.asarray(arrays["corners"][i]).tolist(),
         "valid": np.asarray(arrays["valid"][i]).tolist(),
         "tune": {"steps": ts.steps, "schedule": ts.schedule,
-                 "first_loss": float(tuned.losses[0, j]),
+                 "max_resolution": ts.max_resolution, "first_loss": float(tuned.losses[0, j]),
                  "final_loss": float(tuned.losses[-1, j])},
         "protect": {k: float(v[-1, j]) for k, v in history.items()} if history else {},
         "psnr": {"reconstruction_vs_original": evaluation.psnr(images["reconstruction"][j],
@@ -355,10 +356,9 @@ def load_carry(out_dir: str, config, loaded: Loaded, done_ids: Sequence[str]) ->
     raise RuntimeError(f"cumulative tuning: {path} was saved after face {meta.get('last_id')}"
                        f" but the last finished face is {max(done_ids)}; the sequence "
                        "changed (new photos?). Use a new --workdir.")
-  params = loaded.generator.params
-  abstract = {"params": params,
-              "opt_state": jax.eval_shape(tuning.make_optimizer(tuning_settings(config)).init,
-                                          params)}
+  params, ts = loaded.generator.params, tuning_settings(config)
+  abstract = {"params": params, "opt_state": jax.eval_shape(
+      tuning.make_optimizer(ts).init, tuning.split_params(ts, params)[0])}
   tree = checkpoints.restore(path, jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract))
   return tree["params"], tree["opt_state"]

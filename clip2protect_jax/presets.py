@@ -91,6 +91,7 @@ def protect_config(arg: str = "", official: bool = False) -> ml_collections.Conf
   c.tune = ml_collections.ConfigDict(dict(
       steps=150, learning_rate=5e-4, loss_resolution=256, mse_weight=0.1, lpips_weight=1.0,
       schedule="per_image",  # per_image | cumulative (official quirk 1) | joint (fast mode)
+      max_resolution=0,      # 0: tune every layer; R: only synthesis layers <= R px (fast)
       lpips_weights=LPIPS_VGG, lpips_dtype="float32"))  # bfloat16: the VGG trunk in bf16
 
   # -- stage 2: adversarial latent search (REFERENCE.md sections 4-5)

@@ -14,6 +14,12 @@ Three schedules:
              tuned on the mean of the batch's per-image losses. Every convolution then has
              shared weights (a plain batched conv instead of one weight copy per image), so
              it scales with batch size; a face's result depends on its batch-mates.
+`max_resolution` R > 0 (fast mode, off by default, any schedule): only the synthesis layers
+at <= R px are tuned; the layers above (the largest maps, the costliest part of the
+per-image step) keep the pretrained weights, one copy shared by every image, with no weight
+gradients or Adam state (with the generator's modulation 'activations' their convolutions
+are plain batched ones). The mapping network (unused with a fixed W+; its gradients are
+exact zeros) is then frozen too.
 per_image and cumulative return one tuned parameter set per image (a pytree with a leading
 image axis); joint returns the single shared set (TuneResult.per_image False), which stage 2
 runs unbatched. The loss's target side (the photo resized to 256 and its LPIPS-VGG
@@ -29,11 +35,12 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from clip2protect_jax.losses_clip import (TuningTarget, lpips_mse_loss_to_target,
                                           tuning_target)
 from clip2protect_jax.models.lpips import LPIPS
-from clip2protect_jax.models.stylegan2 import Generator
+from clip2protect_jax.models.stylegan2 import Generator, synthesis_layer_resolution
 
 Array = jax.Array
 SCHEDULES = ("per_image", "cumulative", "joint")
@@ -47,10 +54,15 @@ class TuningSettings:
   mse_weight: float = 0.1
   lpips_weight: float = 1.0        # 0: MSE only (no LPIPS network is run)
   schedule: str = "per_image"      # per_image | cumulative (official quirk 1) | joint (fast)
+  max_resolution: int = 0          # 0: every layer; R: only synthesis layers <= R px (fast)
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
       raise ValueError(f"tuning schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+    r = self.max_resolution
+    if r and (r < 4 or r & (r - 1)):
+      raise ValueError(f"tuning max_resolution must be 0 (every layer) or a power of two "
+                       f">= 4 (the highest tuned synthesis resolution), got {r}")
 
 
 def make_optimizer(settings: TuningSettings) -> optax.GradientTransformation:
@@ -58,15 +70,36 @@ def make_optimizer(settings: TuningSettings) -> optax.GradientTransformation:
   return optax.adam(settings.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 
 
+def split_params(settings: TuningSettings, gen_params: Any) -> tuple[Any, Any]:
+  """gen_params -> (tuned, frozen), two nested dicts of its layout: everything and {} when
+  max_resolution is 0, else the synthesis layers at <= max_resolution px and the rest."""
+  if not settings.max_resolution:
+    return gen_params, {}
+  flat = traverse_util.flatten_dict(gen_params)
+  tuned = {k: (k[0] == "synthesis"
+               and synthesis_layer_resolution(k[1]) <= settings.max_resolution) for k in flat}
+  pick = lambda want: traverse_util.unflatten_dict(
+      {k: v for k, v in flat.items() if tuned[k] == want})
+  return pick(True), pick(False)
+
+
+def merge_params(tuned: Any, frozen: Any) -> Any:
+  """split_params undone: the generator's whole parameter tree."""
+  if not frozen:
+    return tuned
+  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(tuned),
+                                       **traverse_util.flatten_dict(frozen)})
+
+
 def _adam_step(loss_fn: Callable, settings: TuningSettings) -> Callable:
-  """(gen_params, opt_state, *inputs) -> (gen_params, opt_state, aux): one Adam update on
-  loss_fn(gen_params, *inputs) -> (loss, aux)."""
+  """(tuned, opt_state, *inputs) -> (tuned, opt_state, aux): one Adam update of the tuned
+  params on loss_fn(tuned, *inputs) -> (loss, aux)."""
   optimizer = make_optimizer(settings)
 
-  def step(gen_params, opt_state, *inputs):
-    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(gen_params, *inputs)
-    updates, opt_state = optimizer.update(grads, opt_state, gen_params)
-    return optax.apply_updates(gen_params, updates), opt_state, aux
+  def step(tuned, opt_state, *inputs):
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(tuned, *inputs)
+    updates, opt_state = optimizer.update(grads, opt_state, tuned)
+    return optax.apply_updates(tuned, updates), opt_state, aux
 
   return step
 
@@ -84,13 +117,14 @@ def make_image_step(generator: Generator, lpips_model: LPIPS,
                     settings: TuningSettings) -> Callable:
   """One Adam step for ONE image.
 
-  (gen_params, opt_state, wplus0 [n_latent, D], noise [r, r, 1] maps, target (the image's
-  TuningTarget, without the batch axis), lpips_params) -> (gen_params, opt_state, loss ()).
+  (tuned, opt_state, frozen (split_params), wplus0 [n_latent, D], noise [r, r, 1] maps,
+  target (the image's TuningTarget, without the batch axis), lpips_params) -> (tuned,
+  opt_state, loss ()).
   """
-  def loss_fn(gen_params, wplus0, noise, target, lpips_params):
+  def loss_fn(tuned, frozen, wplus0, noise, target, lpips_params):
     target = jax.tree_util.tree_map(lambda x: x[None], target)
-    loss = _batch_losses(generator, lpips_model, settings, gen_params, wplus0[None],
-                         [n[None] for n in noise], target, lpips_params)[0]
+    loss = _batch_losses(generator, lpips_model, settings, merge_params(tuned, frozen),
+                         wplus0[None], [n[None] for n in noise], target, lpips_params)[0]
     return loss, loss
 
   return _adam_step(loss_fn, settings)
@@ -100,14 +134,14 @@ def make_joint_step(generator: Generator, lpips_model: LPIPS,
                     settings: TuningSettings) -> Callable:
   """One Adam step of ONE generator on a whole batch (schedule 'joint').
 
-  (gen_params, opt_state, wplus0 [B, n_latent, D], noise [B, r, r, 1] maps, target (the
+  (tuned, opt_state, frozen, wplus0 [B, n_latent, D], noise [B, r, r, 1] maps, target (the
   batch's TuningTarget), weights [B] (1 = a real face, 0 = batch padding), lpips_params)
-  -> (gen_params, opt_state, per-image losses [B] before the update). The loss optimised is
-  the weighted mean of the per-image losses.
+  -> (tuned, opt_state, per-image losses [B] before the update). The loss optimised is the
+  weighted mean of the per-image losses.
   """
-  def loss_fn(gen_params, wplus0, noise, target, weights, lpips_params):
-    per_image = _batch_losses(generator, lpips_model, settings, gen_params, wplus0, noise,
-                              target, lpips_params)
+  def loss_fn(tuned, frozen, wplus0, noise, target, weights, lpips_params):
+    per_image = _batch_losses(generator, lpips_model, settings, merge_params(tuned, frozen),
+                              wplus0, noise, target, lpips_params)
     return jnp.sum(per_image * weights) / jnp.sum(weights), per_image
 
   return _adam_step(loss_fn, settings)
@@ -122,26 +156,32 @@ def prepare_target(lpips_model: LPIPS | None, settings: TuningSettings, lpips_pa
                        settings.lpips_weight)
 
 
+def _per_image(tree: Any, n: int) -> Any:
+  return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
+
+
 def initial_state(settings: TuningSettings, gen_params: Any, n: int) -> tuple[Any, Any]:
-  """(params, opt_state) the joint or per_image schedule starts n images from: one fresh
-  copy of gen_params (joint; the step donates it) or n copies with n Adam states."""
+  """(tuned, opt_state) the joint or per_image schedule starts n images from: one fresh
+  copy of the tuned params (joint; the step donates it) or n copies with n Adam states."""
   optimizer = make_optimizer(settings)
+  tuned, _ = split_params(settings, gen_params)
   if settings.schedule == "joint":
-    params = jax.tree_util.tree_map(jnp.copy, gen_params)
-    return params, optimizer.init(params)
-  params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), gen_params)
-  return params, jax.vmap(optimizer.init)(params)
+    tuned = jax.tree_util.tree_map(jnp.copy, tuned)
+    return tuned, optimizer.init(tuned)
+  tuned = _per_image(tuned, n)
+  return tuned, jax.vmap(optimizer.init)(tuned)
 
 
-def batch_inputs(settings: TuningSettings, wplus0: Array, noise: Sequence[Array],
-                 target: TuningTarget, lpips_params: Any, weights: Array | None = None
-                 ) -> tuple:
-  """The joint / per_image step's arguments after (params, opt_state); weights (joint
-  only) default to 1 for every image."""
+def batch_inputs(settings: TuningSettings, gen_params: Any, wplus0: Array,
+                 noise: Sequence[Array], target: TuningTarget, lpips_params: Any,
+                 weights: Array | None = None) -> tuple:
+  """The joint / per_image step's arguments after (tuned, opt_state), the frozen params
+  first; weights (joint only) default to 1 for every image."""
+  frozen = split_params(settings, gen_params)[1]
   if settings.schedule != "joint":
-    return wplus0, list(noise), target, lpips_params
+    return frozen, wplus0, list(noise), target, lpips_params
   weights = jnp.ones(wplus0.shape[:1]) if weights is None else weights
-  return wplus0, list(noise), target, jnp.asarray(weights, jnp.float32), lpips_params
+  return frozen, wplus0, list(noise), target, jnp.asarray(weights, jnp.float32), lpips_params
 
 
 @functools.lru_cache(maxsize=8)
@@ -149,12 +189,13 @@ def compiled_step(generator: Generator, lpips_model: LPIPS, settings: TuningSett
                   batched: bool = True) -> Callable:
   """The jitted step of `settings.schedule`, cached so that every batch of a job reuses one
   compilation. per_image: the image step vmapped over parameter copies (batched) or alone;
-  joint: make_joint_step. Params and optimiser state are donated."""
+  joint: make_joint_step. The tuned params and optimiser state are donated; the frozen
+  params are shared by the images."""
   if settings.schedule == "joint":
     return jax.jit(make_joint_step(generator, lpips_model, settings), donate_argnums=(0, 1))
   step = make_image_step(generator, lpips_model, settings)
   if batched:
-    return jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None)), donate_argnums=(0, 1))
+    return jax.jit(jax.vmap(step, in_axes=(0, 0, None, 0, 0, 0, None)), donate_argnums=(0, 1))
   return jax.jit(step)
 
 
@@ -189,26 +230,30 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   [N, r, r, 1] (frozen, one set per image); targets [N, H, W, 3] in [-1, 1].
   carry (cumulative only): (params, opt_state) returned by the previous batch's call, so a
   job split into batches tunes exactly as one long sequence; None starts from gen_params.
+  The returned params are always the whole tree (frozen layers included, per image).
   weights (joint only): [N], 0 for batch padding that must not pull the shared generator;
   None = all 1.
   """
   step_settings = dataclasses.replace(settings, steps=0)  # one compilation for any steps
   target = prepare_target(lpips_model, step_settings, lpips_params, targets)
   if settings.schedule in ("joint", "per_image"):
-    params, _, losses = _run_steps(
-        compiled_step(generator, lpips_model, step_settings),
-        *initial_state(settings, gen_params, wplus0.shape[0]), settings.steps,
-        *batch_inputs(settings, wplus0, noise, target, lpips_params, weights))
-    return TuneResult(params, losses, None, per_image=settings.schedule == "per_image")
+    n, per_image = wplus0.shape[0], settings.schedule == "per_image"
+    inputs = batch_inputs(settings, gen_params, wplus0, noise, target, lpips_params, weights)
+    tuned, _, losses = _run_steps(compiled_step(generator, lpips_model, step_settings),
+                                  *initial_state(settings, gen_params, n), settings.steps,
+                                  *inputs)
+    frozen = _per_image(inputs[0], n) if per_image else inputs[0]
+    return TuneResult(merge_params(tuned, frozen), losses, None, per_image=per_image)
 
   single = compiled_step(generator, lpips_model, step_settings, batched=False)
   params, opt_state = carry if carry is not None else (
-      gen_params, make_optimizer(settings).init(gen_params))
+      gen_params, make_optimizer(settings).init(split_params(settings, gen_params)[0]))
+  tuned, frozen = split_params(settings, params)
   snapshots, losses = [], []
   for i in range(wplus0.shape[0]):  # official: generator and Adam state carry over
-    params, opt_state, image_losses = _run_steps(
-        single, params, opt_state, settings.steps, wplus0[i], [m[i] for m in noise],
+    tuned, opt_state, image_losses = _run_steps(
+        single, tuned, opt_state, settings.steps, frozen, wplus0[i], [m[i] for m in noise],
         jax.tree_util.tree_map(lambda x: x[i], target), lpips_params)
-    snapshots.append(params)
+    snapshots.append(merge_params(tuned, frozen))
     losses.append(image_losses)
-  return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1), (params, opt_state))
+  return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1), (merge_params(tuned, frozen), opt_state))

@@ -85,10 +85,16 @@ def test_fastest_per_image_bf16_configuration(tmp_path):
       tune_row("per_image", "taps", "grouped", "auto", "bfloat16", 8, 0.040),
       tune_row("per_image", "phases", "grouped", "auto", "bfloat16", 8, float("nan")),
       tune_row("per_image", "phases", "grouped", "auto", "float32", 8, 0.010),
-      tune_row("joint", "subpixel", "grouped", "auto", "bfloat16", 8, 0.010)])
+      tune_row("joint", "subpixel", "grouped", "auto", "bfloat16", 8, 0.010),
+      tune_row("per_image", "phases", "grouped", "auto", "bfloat16", 8, 0.010,
+               max_resolution=256)])   # the layer-subset fast mode: not the faithful step
   out = report(tmp_path, "--fastest")
   assert out.returncode == 0, out.stderr
   assert out.stdout.split() == ["taps", "grouped"]
+  text = report(tmp_path).stdout
+  assert "| per_image, layers <= 256 px, phases, grouped, auto | bfloat16 | 8 | 1.25 |" in text
+  assert "best per_image: per_image, phases, grouped, auto, float32 at batch 8" in text
+  assert "best per_image, layers <= 256 px: per_image, layers <= 256 px, phases" in text
   write_benchmark(tmp_path / "tune.json", [
       tune_row("joint", "subpixel", "grouped", "auto", "bfloat16", 8, 0.010)])
   out = report(tmp_path, "--fastest")

@@ -51,6 +51,7 @@ def test_paper_settings_in_the_default_preset():
   ts, ps = pipeline.tuning_settings(c), pipeline.protect_settings(c)
   assert (ts.steps, ts.learning_rate, ts.loss_resolution, ts.mse_weight) == (150, 5e-4, 256,
                                                                               0.1)
+  assert ts.schedule == "per_image" and ts.max_resolution == 0   # every layer, per image
   assert (ps.steps, ps.learning_rate, ps.latent_weight, ps.adversarial_weight,
           ps.clip_weight) == (50, 0.01, 0.01, 0.7, 0.3)
   assert ps.trainable_rows == tuple(range(8, 18)) and ps.noise_max_resolution == 256
@@ -193,6 +194,10 @@ def test_protect_settings_reject_bad_values():
   c = load_config("protect", "tiny")
   c.tune.schedule = "sometimes"
   with pytest.raises(ValueError, match="schedule"):
+    pipeline.tuning_settings(c)
+  c = load_config("protect", "tiny")
+  c.tune.max_resolution = 48
+  with pytest.raises(ValueError, match="max_resolution"):
     pipeline.tuning_settings(c)
 
 

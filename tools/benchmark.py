@@ -60,6 +60,8 @@ flags.DEFINE_list("conv_impls", ["xla"], "Generator stride-1 convs (per-image we
 flags.DEFINE_list("modulations", ["activations"], "Generator modulation: activations, weights, "
                   "auto (tune_step sweeps them; other modes use the first).")
 flags.DEFINE_list("schedules", ["per_image"], "tune_step: tuning schedules (per_image, joint).")
+flags.DEFINE_integer("tune_max_resolution", 0, "tune_step / end_to_end: tune only the "
+                     "synthesis layers <= this many px (fast mode; 0: every layer).")
 flags.DEFINE_list("profile_batches", [], "tune_step: batch sizes whose step is also traced "
                   "(jax.profiler) and broken down by HLO instruction.")
 flags.DEFINE_integer("profile_top", 25, "tune_step: instructions printed per profile.")
@@ -214,14 +216,15 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
 
   def case(dtype, schedule, impl, conv, mod, bs):
     return bench.tune_step_case(gens[(dtype, impl, conv, mod)], *lpips[dtype],
-                                params, schedule, bs)
+                                params, schedule, bs, FLAGS.tune_max_resolution)
 
   groups = list(itertools.product(FLAGS.dtypes, FLAGS.schedules, FLAGS.upsample_impls,
                                   FLAGS.conv_impls, FLAGS.modulations))
 
   def run(config, compiled_or_error):
     dtype, schedule, impl, conv, mod, bs = config
-    label = f"tune_step[{schedule},{impl},{conv},{mod}]"
+    label = f"tune_step[{schedule},{impl},{conv},{mod}]" + (
+        f" layers <= {FLAGS.tune_max_resolution} px" if FLAGS.tune_max_resolution else "")
     extra = {}
     if isinstance(compiled_or_error, Exception):
       info, seconds = {"error": _short(compiled_or_error)}, float("nan")
@@ -253,7 +256,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
         info, seconds = {**info, "error": _short(e)}, float("nan")
       gc.collect()
     r = {**bench.with_rate(info, seconds), "schedule": schedule, "upsample_impl": impl,
-         "conv_impl": conv, "modulation": mod}
+         "conv_impl": conv, "modulation": mod, "max_resolution": FLAGS.tune_max_resolution}
     return {**report(label, dtype, bs, r), **extra}
 
   def wave(configs):
@@ -315,7 +318,8 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
   from clip2protect_jax import protect, tuning, weights
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
-  ts = tuning.TuningSettings(steps=FLAGS.tune_steps, schedule=FLAGS.schedules[0])
+  ts = tuning.TuningSettings(steps=FLAGS.tune_steps, schedule=FLAGS.schedules[0],
+                             max_resolution=FLAGS.tune_max_resolution)
   results = []
   for dtype in FLAGS.dtypes:
     lpips_model, lpips_vars, _ = weights.load_lpips("random", key, jnp.dtype(dtype))

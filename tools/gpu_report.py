@@ -31,10 +31,16 @@ BASELINE = ("per_image", "dilated", "xla", "activations", "float32")
 SPEEDUP_TARGET, STAGE_SECONDS_TARGET = 8.0, 0.5
 
 
+def schedule_of(row: dict) -> str:
+  """A tune_step row's schedule, with the fast mode's tuned layers if it has them."""
+  r = row.get("max_resolution", 0)
+  return f"{row['schedule']}, layers <= {r} px" if r else row["schedule"]
+
+
 def configuration(row: dict) -> tuple[str, ...]:
   """(schedule, upsample_impl, conv_impl, modulation, dtype) of a tune_step row."""
-  return tuple(row[k] for k in ("schedule", "upsample_impl", "conv_impl", "modulation",
-                                "dtype"))
+  return (schedule_of(row),) + tuple(row[k] for k in ("upsample_impl", "conv_impl",
+                                                      "modulation", "dtype"))
 
 
 def load_tune_rows(folder: str) -> tuple[set[str], list[dict]]:
@@ -68,8 +74,9 @@ def batch1_throughputs(rows: list[dict]) -> dict[tuple[str, ...], float]:
   one of the same generator, the same step for one image)."""
   base = {configuration(r): r["images_per_s"] for r in rows if r["batch"] == 1}
   for config in {configuration(r) for r in rows if r["schedule"] == "joint"}:
-    if config not in base and ("per_image",) + config[1:] in base:
-      base[config] = base[("per_image",) + config[1:]]
+    alone = (config[0].replace("joint", "per_image", 1),) + config[1:]
+    if config not in base and alone in base:
+      base[config] = base[alone]
   return base
 
 
@@ -93,14 +100,13 @@ def table(rows: list[dict], steps: int) -> list[str]:
 
 
 def verdict(rows: list[dict], steps: int) -> list[str]:
-  """The best per_image and joint rows against the issue's two targets."""
+  """The best row of each schedule (per_image, joint, fast modes) against the issue's two
+  targets."""
   base = batch1_throughputs(rows)
   baseline = base.get(BASELINE, math.nan)
   lines = []
-  for schedule in ("per_image", "joint"):
-    candidates = [r for r in rows if r["schedule"] == schedule]
-    if not candidates:
-      continue
+  for schedule in sorted({schedule_of(r) for r in rows}, key=lambda s: (s != "per_image", s)):
+    candidates = [r for r in rows if schedule_of(r) == schedule]
     best = max(candidates, key=lambda r: r["images_per_s"])
     speedup = best["images_per_s"] / baseline
     stage = best["ms_per_image"] * steps / 1e3
@@ -120,7 +126,7 @@ def verdict(rows: list[dict], steps: int) -> list[str]:
 
 def fastest(rows: list[dict]) -> dict | None:
   """The per_image bfloat16 row with the most images/s, or None."""
-  candidates = [r for r in rows if r["schedule"] == "per_image" and r["dtype"] == "bfloat16"]
+  candidates = [r for r in rows if schedule_of(r) == "per_image" and r["dtype"] == "bfloat16"]
   return max(candidates, key=lambda r: r["images_per_s"], default=None)
 
 

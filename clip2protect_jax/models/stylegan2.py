@@ -169,6 +169,17 @@ class Generator(nn.Module):
     return self.get_latent(z).sum() + self(wplus, noise).sum()
 
 
+def synthesis_layer_resolution(name: str) -> int:
+  """Output resolution in px of the Synthesis child `name`: 'input', 'conv1', 'to_rgb1' (4),
+  'convs_{i}' (2 ** (i // 2 + 3)) or 'to_rgbs_{i}' (2 ** (i + 3))."""
+  if name in ("input", "conv1", "to_rgb1"):
+    return 4
+  kind, _, index = name.rpartition("_")
+  if kind in ("convs", "to_rgbs") and index.isdigit():
+    return 2 ** (int(index) // (2 if kind == "convs" else 1) + 3)
+  raise ValueError(f"not a Synthesis layer: {name!r}")
+
+
 def init_params(model: Generator, key: Array) -> dict[str, Any]:
   """Fresh params (the official constructor's init) for `model`: {'style', 'synthesis'}."""
   z = jnp.zeros((1, model.style_dim))
