@@ -246,9 +246,10 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
     return TuneResult(merge_params(tuned, frozen), losses, None, per_image=per_image)
 
   single = compiled_step(generator, lpips_model, step_settings, batched=False)
-  params, opt_state = carry if carry is not None else (
-      gen_params, make_optimizer(settings).init(split_params(settings, gen_params)[0]))
+  params, opt_state = carry if carry is not None else (gen_params, None)
   tuned, frozen = split_params(settings, params)
+  if opt_state is None:
+    opt_state = make_optimizer(settings).init(tuned)
   snapshots, losses = [], []
   for i in range(wplus0.shape[0]):  # official: generator and Adam state carry over
     tuned, opt_state, image_losses = _run_steps(
@@ -256,4 +257,5 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
         jax.tree_util.tree_map(lambda x: x[i], target), lpips_params)
     snapshots.append(merge_params(tuned, frozen))
     losses.append(image_losses)
-  return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1), (merge_params(tuned, frozen), opt_state))
+  return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1),
+                    (merge_params(tuned, frozen), opt_state))

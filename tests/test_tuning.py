@@ -105,6 +105,7 @@ def test_tuning_a_subset_of_layers(tuning_setup):
   base = tuning.TuningSettings(steps=3, learning_rate=1e-2, loss_resolution=32)
   subset = dataclasses.replace(base, max_resolution=8)
   pretrained = tuning_setup["gen_params"]
+  pre_tuned, pre_frozen = tuning.split_params(subset, pretrained)
   result = run_tuning(tuning_setup, subset)
   assert result.per_image and result.losses.shape == (3, 2)
   tuned, frozen = tuning.split_params(subset, result.params)
@@ -112,10 +113,9 @@ def test_tuning_a_subset_of_layers(tuning_setup):
   assert {stylegan2.synthesis_layer_resolution(n) for n in frozen["synthesis"]} == {16}
   assert {stylegan2.synthesis_layer_resolution(n) for n in tuned["synthesis"]} == {4, 8}
   jax.tree_util.tree_map(lambda a, p: np.testing.assert_array_equal(a, np.stack([p, p])),
-                         frozen, tuning.split_params(subset, pretrained)[1])
+                         frozen, pre_frozen)
   moved = [float(jnp.abs(a[i] - p).max()) for a, p in zip(
-      jax.tree_util.tree_leaves(tuned), jax.tree_util.tree_leaves(
-          tuning.split_params(subset, pretrained)[0])) for i in range(2)]
+      jax.tree_util.tree_leaves(tuned), jax.tree_util.tree_leaves(pre_tuned)) for i in range(2)]
   assert min(moved) > 0, moved
   alone = run_tuning(tuning_setup, subset, slice(1, 2))
   np.testing.assert_allclose(alone.losses[:, 0], result.losses[:, 1], rtol=1e-4)
@@ -136,13 +136,11 @@ def test_tuning_a_subset_of_layers(tuning_setup):
     kept = tuning.split_params(subset, other.params)[1]
     if other.per_image:
       kept = jax.tree_util.tree_map(lambda x: x[1], kept)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, kept,
-                           tuning.split_params(subset, pretrained)[1])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, kept, pre_frozen)
     assert np.all(np.asarray(other.losses[-1]) < np.asarray(other.losses[0])), schedule
   # The cumulative carry is (whole params, Adam state of the tuned ones): what
   # pipeline.load_carry restores a stopped job's carry as.
-  expected = jax.eval_shape(tuning.make_optimizer(subset).init,
-                            tuning.split_params(subset, pretrained)[0])
+  expected = jax.eval_shape(tuning.make_optimizer(subset).init, pre_tuned)
   assert (jax.tree_util.tree_structure(other.carry[1])
           == jax.tree_util.tree_structure(expected))
   assert jax.tree_util.tree_structure(other.carry[0]) == jax.tree_util.tree_structure(pretrained)
