@@ -359,8 +359,15 @@ def load_carry(out_dir: str, config, loaded: Loaded, done_ids: Sequence[str]) ->
   params, ts = loaded.generator.params, tuning_settings(config)
   abstract = {"params": params, "opt_state": jax.eval_shape(
       tuning.make_optimizer(ts).init, tuning.split_params(ts, params)[0])}
-  tree = checkpoints.restore(path, jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract))
+  try:
+    tree = checkpoints.restore(path, jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract))
+  except checkpoints.WeightsMismatchError as e:
+    raise RuntimeError(
+        f"cumulative tuning: the generator and Adam state in {path} do not fit this run "
+        f"(tune.max_resolution={ts.max_resolution}; a carry saved before 2026-11-27 also "
+        "holds Adam moments of the mapping network): resume with the settings it was saved "
+        f"with, or use a new --workdir to rerun the sequence. {e}") from e
   return tree["params"], tree["opt_state"]
 
 

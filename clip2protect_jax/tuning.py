@@ -3,6 +3,9 @@
 Per image: ALL generator parameters are optimised with Adam (lr 5e-4, torch's default
 betas/eps) for 150 steps on LPIPS-VGG(x_hat, x) + 0.1 * MSE, both images first resized to
 256x256 by torch's legacy nearest, around the image's fixed W+ code with frozen noise.
+With a fixed W+ the mapping network is never run and its gradients are exact zeros, on which
+torch's Adam changes nothing; so only the synthesis network is stepped here (`split_params`),
+the same result without a per-image copy and Adam state of the mapping network.
 
 Three schedules:
   per_image  (corrected default, standard PTI): every image starts from the pretrained
@@ -18,8 +21,7 @@ Three schedules:
 at <= R px are tuned; the layers above (the largest maps, the costliest part of the
 per-image step) keep the pretrained weights, one copy shared by every image, with no weight
 gradients or Adam state (with the generator's modulation 'activations' their convolutions
-are plain batched ones). The mapping network (unused with a fixed W+; its gradients are
-exact zeros) is then frozen too.
+are plain batched ones).
 per_image and cumulative return one tuned parameter set per image (a pytree with a leading
 image axis); joint returns the single shared set (TuneResult.per_image False), which stage 2
 runs unbatched. The loss's target side (the photo resized to 256 and its LPIPS-VGG
@@ -71,13 +73,14 @@ def make_optimizer(settings: TuningSettings) -> optax.GradientTransformation:
 
 
 def split_params(settings: TuningSettings, gen_params: Any) -> tuple[Any, Any]:
-  """gen_params -> (tuned, frozen), two nested dicts of its layout: everything and {} when
-  max_resolution is 0, else the synthesis layers at <= max_resolution px and the rest."""
-  if not settings.max_resolution:
-    return gen_params, {}
+  """gen_params -> (tuned, frozen), two nested dicts of its layout: the synthesis layers
+  (all of them when max_resolution is 0, else those at <= max_resolution px) and the rest
+  (the mapping network, whose gradients are exact zeros with a fixed W+, so that torch's
+  Adam over every parameter leaves it unchanged too)."""
+  r = settings.max_resolution
   flat = traverse_util.flatten_dict(gen_params)
-  tuned = {k: (k[0] == "synthesis"
-               and synthesis_layer_resolution(k[1]) <= settings.max_resolution) for k in flat}
+  tuned = {k: k[0] == "synthesis" and (not r or synthesis_layer_resolution(k[1]) <= r)
+           for k in flat}
   pick = lambda want: traverse_util.unflatten_dict(
       {k: v for k, v in flat.items() if tuned[k] == want})
   return pick(True), pick(False)
@@ -85,8 +88,6 @@ def split_params(settings: TuningSettings, gen_params: Any) -> tuple[Any, Any]:
 
 def merge_params(tuned: Any, frozen: Any) -> Any:
   """split_params undone: the generator's whole parameter tree."""
-  if not frozen:
-    return tuned
   return traverse_util.unflatten_dict({**traverse_util.flatten_dict(tuned),
                                        **traverse_util.flatten_dict(frozen)})
 

@@ -204,7 +204,8 @@ def test_protect_settings_reject_bad_values():
 def test_official_cumulative_run_resumes_with_its_carried_generator(tmp_path):
   """Official preset (cumulative tuning), one face per batch. A run stopped after the first
   face and resumed with both gives the second face exactly what an uninterrupted run gives:
-  the carried generator comes back from protect/tune_carry. A stale carry fails loudly."""
+  the carried generator comes back from protect/tune_carry. A stale carry, or one saved
+  with other tuned layers, fails loudly."""
   if not os.path.isdir(os.path.join(PHOTOS, "sources")):
     pytest.skip(f"example photos missing: run python tools/fetch_assets.py ({PHOTOS})")
   first_only, both = tmp_path / "first", tmp_path / "both"
@@ -214,9 +215,10 @@ def test_official_cumulative_run_resumes_with_its_carried_generator(tmp_path):
     shutil.copy(os.path.join(PHOTOS, "sources", name), both / name)
   shutil.copy(os.path.join(PHOTOS, "sources", "astronaut.png"), first_only / "astronaut.png")
 
-  def run(photos, workdir):
+  def run(photos, workdir, max_resolution=0):
     config = load_config("official", "tiny")
     config.update(photos=str(photos), batch_size=1)
+    config.tune.max_resolution = max_resolution
     config.evaluate.dlib_victim = False
     config.report.enabled = False
     return pipeline.run(config, str(workdir))
@@ -226,6 +228,8 @@ def test_official_cumulative_run_resumes_with_its_carried_generator(tmp_path):
   try:
     run(both, tmp_path / "uninterrupted")
     run(first_only, tmp_path / "resumed")
+    with pytest.raises(RuntimeError, match="tune.max_resolution=8"):
+      run(both, tmp_path / "resumed", max_resolution=8)   # its Adam state has other leaves
     assert run(both, tmp_path / "resumed")["faces_protected_now"] == 1
     results = {w: read_result(str(tmp_path / w), "biden.jpg_f0")
                for w in ("uninterrupted", "resumed")}
