@@ -10,10 +10,10 @@
 #     it keeps what it measured)
 # Parts 4-5 (and 6-8 when UPSAMPLE/CONV are not given) run the fastest per-image bf16 graph
 # of the parts before them (tools/gpu_report.py --fastest), subpixel/grouped if none ran.
-# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7 8": a quick
+# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7 8 9": a quick
 # CPU dry run.)
 # Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, scaled.json, check.json,
-# max.json, hybrid.json, tune_fp32.json, report.txt} (report.txt: tools/gpu_report.py's
+# max.json, hybrid.json, tune_fp32.json, subset.json (part 9, not run by default), report.txt} (report.txt: tools/gpu_report.py's
 # table and verdict; run it on both calls' JSON copied into one folder for the whole table).
 # Parts run in order of importance, each under its own time limit; benchmark.py rewrites its
 # JSON after every batch size and logs each compilation's start and end, so a cut part still
@@ -89,6 +89,11 @@ part 7 110 tools/benchmark.py "${tune[@]}" --schedules=per_image \
 # 8. The fastest graph in fp32 (the config's default dtype), batched.
 part 8 80 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen) --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
+# 9. Only when asked for (PARTS="... 9"): the layer-subset fast mode (only layers <= 256 px
+#    tuned, the rest shared and frozen) with the fastest graph at batch 8; its own verdict.
+part 9 100 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+  $(chosen) --dtypes=bfloat16 --batch_sizes=$b --tune_max_resolution=${SUBSET:-256} \
+  --json_out="$out/subset.json"
 # The README table, the verdict against the issue's targets and the profiles by kind.
 echo "== report $(date +%T)" | filter
 $py tools/gpu_report.py "$out" 2>&1 | tee "$out/report.txt" | filter
