@@ -365,7 +365,7 @@ def load_carry(out_dir: str, config, loaded: Loaded, done_ids: Sequence[str]) ->
   except checkpoints.WeightsMismatchError as e:
     raise RuntimeError(
         f"cumulative tuning: the generator and Adam state in {path} do not fit this run "
-        f"(tune.max_resolution={ts.max_resolution}; a carry saved before 2026-11-27 also "
+        f"(tune.max_resolution={ts.max_resolution}; a carry saved by an older version also "
         "holds Adam moments of the mapping network): resume with the settings it was saved "
         f"with, or use a new --workdir to rerun the sequence. {e}") from e
   return tree["params"], tree["opt_state"]

@@ -13,8 +13,9 @@
 # (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7 8 9": a quick
 # CPU dry run.)
 # Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, scaled.json, check.json,
-# max.json, hybrid.json, tune_fp32.json, subset.json (part 9, not run by default), report.txt} (report.txt: tools/gpu_report.py's
-# table and verdict; run it on both calls' JSON copied into one folder for the whole table).
+# max.json, hybrid.json, tune_fp32.json, subset.json (part 9, not run by default),
+# report.txt} (report.txt: tools/gpu_report.py's table and verdict; run it on both calls'
+# JSON copied into one folder for the whole table).
 # Parts run in order of importance, each under its own time limit; benchmark.py rewrites its
 # JSON after every batch size and logs each compilation's start and end, so a cut part still
 # tells. Measured on an H200 (jax 0.11.2, 2026-11-27): each part spends ~20 s starting (jax,
