@@ -160,9 +160,11 @@ def load_lpips(weights: str, key: jax.Array, dtype: Any = jnp.float32):
   model = LPIPS(dtype=dtype)
   x = jnp.zeros((1, 32, 32, 3))
   if weights == "random":
+    # Jitted: one compilation (which a persistent compilation cache keeps) instead of one
+    # per eager op and shape; on 2 CPU cores 12.7 s eager, 7.6 s jitted, 1.0 s cached.
     variables = jax.tree_util.tree_map_with_path(
         lambda p, v: jnp.abs(v) if "lin" in jax.tree_util.keystr(p) else v,
-        model.init(key, x, x))
+        jax.jit(model.init)(key, x, x))
     return model, variables, "RANDOM LPIPS (seeded init, |heads|): not a perceptual metric"
   _require_folder(weights, "LPIPS", "An orbax folder holding {'params'} of models/lpips.LPIPS "
                   "(convert/lpips.py from the lpips package's vgg.pth and torchvision's VGG16)")
