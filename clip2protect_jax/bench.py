@@ -417,8 +417,9 @@ def tune_step_case(generator: Any, lpips_model: Any, lpips_vars: Any, gen_params
     targets = jax.random.uniform(jax.random.key(4), (batch, size, size, 3), minval=-1,
                                  maxval=1)
     target = tuning.prepare_target(lpips_model, settings, lpips_vars, targets)
-    return (*tuning.initial_state(settings, gen_params, batch),
-            *tuning.batch_inputs(settings, gen_params, wplus0, noise, target, lpips_vars))
+    tuned, frozen = tuning.split_params(settings, gen_params)
+    return (*tuning.initial_state(settings, tuned, batch),
+            *tuning.batch_inputs(settings, frozen, wplus0, noise, target, lpips_vars))
 
   def carry(out, args):   # params and optimiser state are donated: feed the new ones
     return (out[0], out[1]) + tuple(args[2:])

@@ -161,11 +161,11 @@ def _per_image(tree: Any, n: int) -> Any:
   return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
 
 
-def initial_state(settings: TuningSettings, gen_params: Any, n: int) -> tuple[Any, Any]:
-  """(tuned, opt_state) the joint or per_image schedule starts n images from: one fresh
-  copy of the tuned params (joint; the step donates it) or n copies with n Adam states."""
+def initial_state(settings: TuningSettings, tuned: Any, n: int) -> tuple[Any, Any]:
+  """(tuned, opt_state) the joint or per_image schedule starts n images from, given the
+  pretrained tuned half (split_params): one fresh copy of it (joint; the step donates it)
+  or n copies with n Adam states."""
   optimizer = make_optimizer(settings)
-  tuned, _ = split_params(settings, gen_params)
   if settings.schedule == "joint":
     tuned = jax.tree_util.tree_map(jnp.copy, tuned)
     return tuned, optimizer.init(tuned)
@@ -173,12 +173,11 @@ def initial_state(settings: TuningSettings, gen_params: Any, n: int) -> tuple[An
   return tuned, jax.vmap(optimizer.init)(tuned)
 
 
-def batch_inputs(settings: TuningSettings, gen_params: Any, wplus0: Array,
+def batch_inputs(settings: TuningSettings, frozen: Any, wplus0: Array,
                  noise: Sequence[Array], target: TuningTarget, lpips_params: Any,
                  weights: Array | None = None) -> tuple:
-  """The joint / per_image step's arguments after (tuned, opt_state), the frozen params
-  first; weights (joint only) default to 1 for every image."""
-  frozen = split_params(settings, gen_params)[1]
+  """The joint / per_image step's arguments after (tuned, opt_state), the frozen half of
+  the params (split_params) first; weights (joint only) default to 1 for every image."""
   if settings.schedule != "joint":
     return frozen, wplus0, list(noise), target, lpips_params
   weights = jnp.ones(wplus0.shape[:1]) if weights is None else weights
@@ -239,11 +238,12 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   target = prepare_target(lpips_model, step_settings, lpips_params, targets)
   if settings.schedule in ("joint", "per_image"):
     n, per_image = wplus0.shape[0], settings.schedule == "per_image"
-    inputs = batch_inputs(settings, gen_params, wplus0, noise, target, lpips_params, weights)
-    tuned, _, losses = _run_steps(compiled_step(generator, lpips_model, step_settings),
-                                  *initial_state(settings, gen_params, n), settings.steps,
-                                  *inputs)
-    frozen = _per_image(inputs[0], n) if per_image else inputs[0]
+    tuned, frozen = split_params(settings, gen_params)
+    tuned, _, losses = _run_steps(
+        compiled_step(generator, lpips_model, step_settings),
+        *initial_state(settings, tuned, n), settings.steps,
+        *batch_inputs(settings, frozen, wplus0, noise, target, lpips_params, weights))
+    frozen = _per_image(frozen, n) if per_image else frozen
     return TuneResult(merge_params(tuned, frozen), losses, None, per_image=per_image)
 
   single = compiled_step(generator, lpips_model, step_settings, batched=False)

@@ -20,8 +20,9 @@
 # JSON after every batch size and logs each compilation's start and end, so a cut part still
 # tells. Measured on an H200 (jax 0.11.2, 2026-11-27): each part spends ~20 s starting (jax,
 # the random generator and LPIPS inits; LPIPS's init was eager then and is jitted now, which
-# the cache keeps: on 2 CPU cores a part's start went 17.8 -> 3.7 s); compiling a 1024 tuning step takes 11-15 s (fp32
-# batch 1), 50 s (bf16 batch 1), 51-76 s (fp32 / bf16 batch 8), 22 s (joint batch 8).
+# the cache keeps: on 2 CPU cores a part's start went 17.8 -> 3.7 s); compiling a 1024
+# tuning step takes 11-15 s (fp32 batch 1), 50 s (bf16 batch 1), 51-76 s (fp32 / bf16
+# batch 8), 22 s (joint batch 8).
 # Compilations run one at a time: on an H100 (jax 0.11.2, 2026-11-26) a run that compiled
 # 2-4 tuning steps at once in threads finished none of them in 90-350 s. (The joint fast
 # mode was timed on 2026-11-27, README; it is not re-timed here.)
