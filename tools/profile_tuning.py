@@ -3,8 +3,9 @@
   python tools/profile_tuning.py --size=1024 --batch_sizes=1,8 --json_out=profile.json
 
 Two views, each timed for every batch size with one parameter copy PER IMAGE (vmap):
-1. ablation of the whole step: generator forward+backward w.r.t. its params alone; + the
-   LPIPS/MSE loss at 256; + the Adam update (= tuning.py's step).
+1. ablation of the whole step: generator forward+backward w.r.t. its tuned params
+   (tuning.split_params: the synthesis network) alone; + the LPIPS/MSE loss at 256; + the
+   Adam update (= tuning.py's per_image step itself, bench.tune_step_case).
 2. single layers at config-f channel counts, gradient w.r.t. weight and input, per-image
    weights: the 3x3 modulated conv, the stride-2 transposed (upsampling) conv and the
    FIR blur, each as the model computes it (vmap of lax convs, i.e. grouped convolutions),
@@ -41,21 +42,20 @@ FLAGS = flags.FLAGS
 def ablation(dtype: str, bs: int) -> list[dict]:
   import jax
   import jax.numpy as jnp
-  import optax
   from clip2protect_jax import tuning, weights
   from clip2protect_jax.losses_clip import lpips_mse_loss_to_target
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
   gen = stylegan2.Generator(FLAGS.size, dtype=jnp.dtype(dtype))
   params = stylegan2.init_params(gen, key)
-  per_image = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (bs,) + x.shape), params)
   lp, lp_vars, _ = weights.load_lpips("random", key)
-  w = jax.random.normal(key, (bs, gen.n_latent, 512))
-  noise = stylegan2.make_noise(key, FLAGS.size, bs)
+  step, make_args, carry = bench.tune_step_case(gen, lp, lp_vars, params, "per_image", bs)
+  args = make_args()   # (tuned [bs, ...], opt_state, frozen, wplus0, noise, target, lpips)
+  tuned, frozen, w, noise, target = args[0], args[2], args[3], args[4], args[5]
   image = jax.random.uniform(key, (bs, FLAGS.size, FLAGS.size, 3), minval=-1, maxval=1)
-  target = tuning.prepare_target(lp, tuning.TuningSettings(), lp_vars, image)
 
   def render(p, wi, ni):
+    p = tuning.merge_params(p, frozen)
     return gen.apply({"params": p}, wi[None], [m[None] for m in ni])
 
   def gen_only(p, wi, ni, xi):
@@ -65,22 +65,12 @@ def ablation(dtype: str, bs: int) -> list[dict]:
     target_i = jax.tree_util.tree_map(lambda x: x[None], ti)
     return lpips_mse_loss_to_target(lp, lp_vars, render(p, wi, ni), target_i)[0]
 
-  opt = tuning.make_optimizer(tuning.TuningSettings())
-
-  def full(p, s, wi, ni, ti):
-    g = jax.grad(with_loss)(p, wi, ni, ti)
-    u, s = opt.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
   out = []
   for name, fn, last in (("generator_fwd_bwd", jax.grad(gen_only), image),
                          ("+lpips_mse_loss", jax.grad(with_loss), target)):
-    r = bench.compile_and_time(jax.jit(jax.vmap(fn)), (per_image, w, noise, last),
-                               FLAGS.iters)
+    r = bench.compile_and_time(jax.jit(jax.vmap(fn)), (tuned, w, noise, last), FLAGS.iters)
     out.append({"view": "ablation", "part": name, "dtype": dtype, "batch": bs, **r})
-  state = jax.vmap(opt.init)(per_image)
-  r = bench.compile_and_time(jax.jit(jax.vmap(full)), (per_image, state, w, noise, target),
-                             FLAGS.iters, carry=lambda o, a: (o[0], o[1]) + a[2:])
+  r = bench.compile_and_time(step, args, FLAGS.iters, carry=carry)
   out.append({"view": "ablation", "part": "+adam (= tuning step)", "dtype": dtype,
               "batch": bs, **r})
   return out
