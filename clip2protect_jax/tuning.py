@@ -258,5 +258,4 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
         jax.tree_util.tree_map(lambda x: x[i], target), lpips_params)
     snapshots.append(merge_params(tuned, frozen))
     losses.append(image_losses)
-  return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1),
-                    (merge_params(tuned, frozen), opt_state))
+  return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1), (snapshots[-1], opt_state))

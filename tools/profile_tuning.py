@@ -50,8 +50,8 @@ def ablation(dtype: str, bs: int) -> list[dict]:
   params = stylegan2.init_params(gen, key)
   lp, lp_vars, _ = weights.load_lpips("random", key)
   step, make_args, carry = bench.tune_step_case(gen, lp, lp_vars, params, "per_image", bs)
-  args = make_args()   # (tuned [bs, ...], opt_state, frozen, wplus0, noise, target, lpips)
-  tuned, frozen, w, noise, target = args[0], args[2], args[3], args[4], args[5]
+  args = make_args()
+  tuned, _, frozen, w, noise, target, _ = args   # tuned [bs, ...], frozen shared
   image = jax.random.uniform(key, (bs, FLAGS.size, FLAGS.size, 3), minval=-1, maxval=1)
 
   def render(p, wi, ni):
