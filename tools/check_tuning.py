@@ -81,9 +81,9 @@ def main(argv):
     print(f"{name}: reconstruction max-abs {out[name]['max_abs']:.2e} "
           f"({out[name]['max_abs_over_range']:.2e} of the range), rel-L2 "
           f"{out[name]['rel_l2']:.2e}", flush=True)
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, "w") as f:
-      json.dump(out, f, indent=2)
+    if FLAGS.json_out:   # after each comparison: a run cut by a time limit keeps what it has
+      with open(FLAGS.json_out, "w") as f:
+        json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
 # The GPU measurements for README's performance tables (issue 8), sized for a session's 15
 # minutes of device time, which the machine's start (1-2 min) also spends:
-#   bash tools/gpu_benchmarks.sh OUT_DIR                          (parts 1-5: <= 580 s;
+#   bash tools/gpu_benchmarks.sh OUT_DIR                          (parts 1-4: <= 535 s;
 #     device call with timeout_s=600)
-#   PARTS="6 7 8" UPSAMPLE=... CONV=... bash tools/gpu_benchmarks.sh OUT_DIR2   (~320 s:
+#   PARTS="5 6 7" UPSAMPLE=... CONV=... bash tools/gpu_benchmarks.sh OUT_DIR2   (~320 s:
 #     at once, on the same warm machine, whose compilation cache holds the first call's
 #     programs; UPSAMPLE, CONV: the first call's fastest, the graph its run.log's
-#     "== part 5" line names; timeout_s = the device time left, less 30 s: a part cut by
+#     "== part 4" line names; timeout_s = the device time left, less 30 s: a part cut by
 #     it keeps what it measured)
-# Parts 4-5 (and 6-8 when UPSAMPLE/CONV are not given) run the fastest per-image bf16 graph
+# Part 4 (and 5-8 when UPSAMPLE/CONV are not given) run the fastest per-image bf16 graph
 # of the parts before them (tools/gpu_report.py --fastest), subpixel/grouped if none ran.
-# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7 8 9": a quick
-# CPU dry run.)
-# Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, scaled.json, check.json,
-# max.json, hybrid.json, tune_fp32.json, subset.json (part 9, not run by default),
-# report.txt} (report.txt: tools/gpu_report.py's table and verdict; run it on both calls'
-# JSON copied into one folder for the whole table).
+# (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7 8": a quick
+# CPU dry run; part 4 is cut there, CPU steps of its LPIPS at 256 px being slow.)
+# Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, check.json, max.json,
+# hybrid.json, tune_fp32.json, subset.json (part 8, not run by default), report.txt}
+# (report.txt: tools/gpu_report.py's table and verdict; run it on both calls' JSON copied
+# into one folder for the whole table).
 # Parts run in order of importance, each under its own time limit; benchmark.py rewrites its
 # JSON after every batch size and logs each compilation's start and end, so a cut part still
 # tells. Measured on an H200 (jax 0.11.2, 2026-11-27): each part spends ~20 s starting (jax,
 # the random generator and LPIPS inits; LPIPS's init was eager then and is jitted now, which
 # the cache keeps: on 2 CPU cores a part's start went 17.8 -> 3.7 s); compiling a 1024
 # tuning step takes 11-15 s (fp32 batch 1), 50 s (bf16 batch 1), 51-76 s (fp32 / bf16
-# batch 8), 22 s (joint batch 8).
+# batch 8), 22 s (joint batch 8). Part 4 compiles three 256 px steps (fp32 batch 4 and 1,
+# bf16 batch 4) and a render; its limit allows for that (55 s did not, by this arithmetic).
 # Compilations run one at a time: on an H100 (jax 0.11.2, 2026-11-26) a run that compiled
 # 2-4 tuning steps at once in threads finished none of them in 90-350 s. (The joint fast
 # mode was timed on 2026-11-27, README; it is not re-timed here.)
@@ -36,7 +37,7 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/c2p_jax_cache}
 log="$out/run.log"
 filter() { grep --line-buffered -v "^W0000\|^I0000\|libtpu" | tee -a "$log"; }
-parts=" ${PARTS:-1 2 3 4 5} "
+parts=" ${PARTS:-1 2 3 4} "
 # part N SECONDS TOOL ARGS...: runs TOOL under a time limit if N is among $PARTS.
 part() {
   local n=$1 seconds=$2; shift 2
@@ -74,27 +75,26 @@ part 2 130 tools/benchmark.py "${tune[@]}" --schedules=per_image --upsample_impl
 part 3 220 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   --upsample_impls=phases,taps --conv_impls=grouped --modulations=auto \
   --dtypes=bfloat16 --batch_sizes=$b --profile_batches=$b --json_out="$out/candidates.json"
-# 4. The fastest of parts 2-3 at 4x the batch (batch 8 again, from the compilation cache).
-part 4 125 tools/benchmark.py "${tune[@]}" --schedules=per_image \
-  $(chosen) --dtypes=bfloat16 --batch_sizes=$b,$((4 * b)) --json_out="$out/scaled.json"
-# 5. Batched == alone and the bf16 error, on the device, config-f channels at 256.
-part 5 55 tools/check_tuning.py --size=${CHECK_SIZE:-256} \
+# 4. Batched == alone and the bf16 error with the fastest of parts 2-3, on the device,
+#    config-f channels at 256 (check.json is written after each comparison).
+part 4 130 tools/check_tuning.py --size=${CHECK_SIZE:-256} \
   --batch=4 --steps=20 $(chosen | sed 's/_impls=/_impl=/g; s/modulations/modulation/') \
   --json_out="$out/check.json"
-# 6. The fastest graph at the largest batch that fits (batches 8 and 32 from the cache).
-part 6 130 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+# 5. The fastest graph at 4x the batch and the largest batch that fits (batch 8 again,
+#    from the compilation cache; max.json is rewritten after each batch size).
+part 5 130 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen) --dtypes=bfloat16 --batch_sizes=$b,$((4 * b)) --max_batch \
   --json_out="$out/max.json"
-# 7. im2col matrix products for the wide convs (conv_impl=hybrid) with the fastest upsampling.
-part 7 110 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+# 6. im2col matrix products for the wide convs (conv_impl=hybrid) with the fastest upsampling.
+part 6 110 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen | sed 's/--conv_impls=[a-z]*/--conv_impls=hybrid/') --dtypes=bfloat16 \
   --batch_sizes=$b --profile_batches=$b --json_out="$out/hybrid.json"
-# 8. The fastest graph in fp32 (the config's default dtype), batched.
-part 8 80 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+# 7. The fastest graph in fp32 (the config's default dtype), batched.
+part 7 80 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen) --dtypes=float32 --batch_sizes=$b --json_out="$out/tune_fp32.json"
-# 9. Only when asked for (PARTS="... 9"): the layer-subset fast mode (only layers <= 256 px
+# 8. Only when asked for (PARTS="... 8"): the layer-subset fast mode (only layers <= 256 px
 #    tuned, the rest shared and frozen) with the fastest graph at batch 8; its own verdict.
-part 9 100 tools/benchmark.py "${tune[@]}" --schedules=per_image \
+part 8 100 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen) --dtypes=bfloat16 --batch_sizes=$b --tune_max_resolution=${SUBSET:-256} \
   --json_out="$out/subset.json"
 # The README table, the verdict against the issue's targets and the profiles by kind.
