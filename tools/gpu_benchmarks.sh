@@ -8,8 +8,8 @@
 #     programs; UPSAMPLE, CONV: the first call's fastest, the graph its run.log's
 #     "== part 4" line names; timeout_s = the device time left, less 30 s: a part cut by
 #     it keeps what it measured)
-# Part 4 (and 5-8 when UPSAMPLE/CONV are not given) run the fastest per-image bf16 graph
-# of the parts before them (tools/gpu_report.py --fastest), subpixel/grouped if none ran.
+# Parts 4-8 run the graph UPSAMPLE/CONV name, else the fastest per-image bf16 graph of the
+# parts before them (tools/gpu_report.py --fastest), else subpixel/grouped.
 # (SIZE=16 CHECK_SIZE=16 BATCHES=2 PYTHON=.venv/bin/python PARTS="1 2 3 4 5 6 7 8": a quick
 # CPU dry run; part 4 is cut there, CPU steps of its LPIPS at 256 px being slow.)
 # Writes OUT_DIR/{run.log, batch1.json, tune.json, candidates.json, check.json, max.json,
