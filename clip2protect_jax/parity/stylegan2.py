@@ -64,8 +64,14 @@ def compare_1024(golden: dict[str, np.ndarray], entry: dict[str, Any],
   return out
 
 
-def compare_256(golden: dict[str, np.ndarray], entry: dict[str, Any],
-             float64: bool, graph: dict[str, str] | None = None) -> list[Comparison]:
+def compare_256(golden: dict[str, np.ndarray], entry: dict[str, Any], float64: bool,
+                graph: dict[str, str] | None = None, per_sample: bool = False
+                ) -> list[Comparison]:
+  """per_sample: run each of the batch's samples as its own batch-1 call (as pivotal
+  tuning runs each image), summing sum(img * R) and the noise gradients (the noise maps
+  are shared by the batch) over the calls: the same outputs. With modulation 'weights' or
+  'auto' a batch of samples sharing one generator convolves with one weight per sample
+  (a grouped convolution, ~5x slower than the batch-1 calls on XLA:CPU)."""
   dtype = jnp.float64 if float64 else jnp.float32
   model, params, noise = load_generator(entry, dtype, graph)
   z = jnp.asarray(golden["g256_z"], dtype)
@@ -77,8 +83,15 @@ def compare_256(golden: dict[str, np.ndarray], entry: dict[str, Any],
     return jnp.sum(img * r), img
 
   w = jax.jit(lambda p, z: model.apply({"params": p}, z, method=model.get_latent))(params, z)
-  (value, img), (g_wplus, g_noise) = jax.jit(jax.value_and_grad(
-      loss, argnums=(0, 1), has_aux=True))(wplus, noise, params, r_nhwc)
+  value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+  if per_sample:
+    calls = [value_and_grad(wplus[i:i + 1], noise, params, r_nhwc[i:i + 1])
+             for i in range(wplus.shape[0])]
+    values, imgs, g_wplus, g_noise = zip(*[(v, im, gw, gn) for (v, im), (gw, gn) in calls])
+    value, img, g_wplus = sum(values), jnp.concatenate(imgs), jnp.concatenate(g_wplus)
+    g_noise = [sum(per_call) for per_call in zip(*g_noise)]
+  else:
+    (value, img), (g_wplus, g_noise) = value_and_grad(wplus, noise, params, r_nhwc)
   img = np.asarray(nchw(img))
   g_noise = [np.transpose(np.asarray(g), (0, 3, 1, 2)) for g in g_noise[:3]]
   if float64:
