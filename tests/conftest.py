@@ -33,8 +33,9 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="module")
 def fast_compiles():
   """Most XLA optimisations off for one test module: CPU compiles of the tiny models and
-  the golden networks get 2-3x faster, and every tolerance still holds. Use with
-  `pytestmark = pytest.mark.usefixtures("fast_compiles")`."""
+  the golden networks get 2-3x faster, and every tolerance still holds; a module whose
+  time goes into running its programs rather than compiling them can get slower (measure
+  it). Use with `pytestmark = pytest.mark.usefixtures("fast_compiles")`."""
   old = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   yield
