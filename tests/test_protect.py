@@ -11,9 +11,9 @@ from clip2protect_jax.models import stylegan2
 from clip2protect_jax.models.clip import CLIP, CLIPConfig
 from clip2protect_jax.models.face import registry
 
-# No `fast_compiles` here: these tests spend their time running stage-2 steps (a 224-px
-# CLIP per step), which XLA:CPU's unoptimised code runs ~2x slower than it saves in
-# compilation (this file: 306 s with it, 156 s without, on 2 cores).
+# No `fast_compiles` here: these tests spend their time running stage-2 steps, which
+# XLA:CPU's unoptimised code runs slower by more than it saves in compilation (this
+# file: 306 s with it, 156 s without, on 2 cores).
 SIZE, DIM = 16, 32
 TINY_FR = ("tiny_fr_a", "tiny_fr_b")
 

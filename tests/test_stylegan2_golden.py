@@ -26,7 +26,7 @@ def test_golden_parity_of_the_fast_graphs_256(upsample_impl):
   phase-split and taps upsampling) against the official PyTorch run's image and
   gradients, each sample as its own batch-1 call, as pivotal tuning runs each image (the
   batch of 2 sharing one generator is the same function by
-  test_stylegan2.py::test_weight_modulation_is_the_same_function, and 5x slower on
+  test_stylegan2.py::test_weight_modulation_is_the_same_function, and 2.4x slower on
   XLA:CPU)."""
   manifest = recipe.load_manifest(GOLDEN)
   entry = manifest["models"]["stylegan2_256"]
