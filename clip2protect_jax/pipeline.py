@@ -242,9 +242,8 @@ def face_noise(config, fid: str, latents_npz: str) -> list[np.ndarray]:
 # ------------------------------------------------------------------ one batch
 
 @functools.lru_cache(maxsize=4)
-def _draw_fn(generator: stylegan2.Generator, per_image_generator: bool):
-  return jax.jit(jax.vmap(lambda p, w, nz: protect.render(generator, p, w, nz),
-                          in_axes=(0 if per_image_generator else None, 0, 0)))
+def _draw_fn(generator: stylegan2.Generator):
+  return jax.jit(functools.partial(protect.render_batch, generator))
 
 
 def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str,
@@ -273,25 +272,26 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
   if ts.schedule == "cumulative":  # padding copies would advance the carried generator
     tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
                         wplus0[:n], [m[:n] for m in noise], sources01[:n] * 2 - 1, carry)
-    params = jax.tree_util.tree_map(lambda x: pad(np.asarray(x)), tuned.params)
+    params = tuning.BatchParams(jax.tree_util.tree_map(lambda x: pad(np.asarray(x)),
+                                                       tuned.params.per_image),
+                                tuned.params.shared)
   else:
     real = (np.arange(bs) < n).astype(np.float32)  # joint: padding must not pull the generator
     tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
                         wplus0, noise, sources01 * 2 - 1, weights=real)
     params = tuned.params
-  recon = _draw_fn(gen.model, tuned.per_image)(params, wplus0, noise)
+  recon = _draw_fn(gen.model)(params, wplus0, noise)
   jax.block_until_ready(recon)
   t1 = time.perf_counter()
 
   settings = protect_settings(config)
   consts = protect.prepare_constants(
-      loaded.models, settings, params, tuned.per_image, wplus0, noise,
+      loaded.models, settings, params, wplus0, noise,
       {k: crops[k] for k in ("box", *registry.aligned_models(settings.surrogates))},
       sources01, jnp.asarray(loaded.target_crop01), loaded.shared, keys,
       loaded.target_aligned01)
   protected, state, history = protect.protect(loaded.models, settings, params, consts,
-                                              loaded.shared,
-                                              per_image_generator=tuned.per_image)
+                                              loaded.shared)
   jax.block_until_ready(protected)
   t2 = time.perf_counter()
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from clip2protect_jax import augment, resize
+from clip2protect_jax import augment, resize, tuning
 from clip2protect_jax.losses import fr_adversarial_loss, latent_l2
 from clip2protect_jax.losses_clip import clip_image_features, nce_loss
 from clip2protect_jax.models import stylegan2
@@ -102,11 +102,28 @@ def row_mask(n_latent: int, rows: Sequence[int]) -> Array:
   return jnp.zeros((n_latent, 1)).at[jnp.asarray(rows, jnp.int32)].set(1.0)
 
 
-def render(generator: stylegan2.Generator, gen_params: Any, wplus: Array,
+def render(generator: stylegan2.Generator, gen_params: tuning.BatchParams, wplus: Array,
            noise: Sequence[Array]) -> Array:
-  """One image: W+ [n_latent, D], maps [r, r, 1] -> clamp((G + 1) / 2, 0, 1) [H, W, 3]."""
-  img = generator.apply({"params": gen_params}, wplus[None], [n[None] for n in noise])[0]
+  """One image: its slice of the batch's BatchParams (vmapped with tuning.BATCH_AXES), W+
+  [n_latent, D], maps [r, r, 1] -> clamp((G + 1) / 2, 0, 1) [H, W, 3]."""
+  img = generator.apply({"params": tuning.merge_params(*gen_params)}, wplus[None],
+                        [n[None] for n in noise])[0]
   return jnp.clip((img + 1.0) / 2.0, 0.0, 1.0)
+
+
+def render_batch(generator: stylegan2.Generator, gen_params: tuning.BatchParams,
+                 wplus: Array, noise: Sequence[Array]) -> Array:
+  """BatchParams of N images, W+ [N, n_latent, D], maps [N, r, r, 1] -> [N, H, W, 3] in
+  [0, 1] (render per image)."""
+  return jax.vmap(functools.partial(render, generator), in_axes=(tuning.BATCH_AXES, 0, 0))(
+      gen_params, wplus, list(noise))
+
+
+def _check_batch_params(gen_params: Any) -> None:
+  if not isinstance(gen_params, tuning.BatchParams):
+    raise TypeError("gen_params must be a tuning.BatchParams: tuning.tune(...).params, or "
+                    "tuning.BatchParams({}, params) for one generator shared by every image; "
+                    f"got {type(gen_params).__name__}")
 
 
 def _all_noise(consts: ImageConstants, optimised: Sequence[Array], idx: Sequence[int]):
@@ -209,61 +226,58 @@ def _compile_key(settings: ProtectSettings) -> ProtectSettings:
 
 
 @functools.lru_cache(maxsize=16)
-def make_batch_step(models: ProtectModels, settings: ProtectSettings,
-                    per_image_generator: bool) -> Callable:
-  """The jitted step for a batch: vmap over images (and over generator params if tuned).
+def make_batch_step(models: ProtectModels, settings: ProtectSettings) -> Callable:
+  """The jitted (state, gen_params (tuning.BatchParams), consts, shared) -> (state, metrics)
+  for a batch: the image step vmapped over images and the per-image generator params.
 
   Cached per (models, settings): every batch of a job reuses one compiled step.
   """
   step = make_image_step(models, settings)
-  return jax.jit(jax.vmap(step, in_axes=(0, 0 if per_image_generator else None, 0, None)),
-                 donate_argnums=(0,))
+  return jax.jit(jax.vmap(step, in_axes=(0, tuning.BATCH_AXES, 0, None)), donate_argnums=(0,))
 
 
-def protect(models: ProtectModels, settings: ProtectSettings, gen_params: Any,
-            consts: ImageConstants, shared: SharedInputs, per_image_generator: bool
+def protect(models: ProtectModels, settings: ProtectSettings, gen_params: tuning.BatchParams,
+            consts: ImageConstants, shared: SharedInputs
             ) -> tuple[Array, ProtectState, dict[str, Array]]:
   """Runs the search for a batch; returns (protected [N, H, W, 3] in [0, 1], state, history).
 
   history: metric -> [updates, N]. With official_output_step the returned image is the
   forward pass of step index steps-1 (after steps-1 updates), as the official code saves.
   """
+  _check_batch_params(gen_params)
   state = jax.vmap(lambda c: init_state(models, settings, c))(consts)
   step_settings = _compile_key(settings)
   # The step donates the state: give it buffers of its own, not aliases of `consts`.
   state = jax.tree_util.tree_map(jnp.copy, state)
-  step = make_batch_step(models, step_settings, per_image_generator)  # one per config
+  step = make_batch_step(models, step_settings)  # one per config
   n_updates = settings.steps - 1 if settings.official_output_step else settings.steps
   history = []
   for _ in range(n_updates):
     state, metrics = step(state, gen_params, consts, shared)
     history.append(metrics)
-  images = _make_draw(models, step_settings, per_image_generator)(
-      gen_params, state.wplus, state.noise, consts)
+  images = _make_draw(models, step_settings)(gen_params, state.wplus, state.noise, consts)
   stacked = {k: jnp.stack([h[k] for h in history]) for k in history[0]} if history else {}
   return images, state, stacked
 
 
 @functools.lru_cache(maxsize=16)
-def _make_draw(models: ProtectModels, settings: ProtectSettings, per_image_generator: bool):
-  """Jitted (gen_params, wplus [N,...], optimised maps, consts) -> images [N, H, W, 3] in [0, 1]."""
+def _make_draw(models: ProtectModels, settings: ProtectSettings):
+  """Jitted (gen_params (BatchParams), wplus [N,...], optimised maps, consts) -> images
+  [N, H, W, 3] in [0, 1]."""
   idx = optimised_noise_indices(models.generator.size, settings.noise_max_resolution)
   return jax.jit(jax.vmap(
       lambda p, w, nz, c: render(models.generator, p, w, _all_noise(c, nz, idx)),
-      in_axes=(0 if per_image_generator else None, 0, 0, 0)))
+      in_axes=(tuning.BATCH_AXES, 0, 0, 0)))
 
 
 @functools.lru_cache(maxsize=16)
-def _make_constants_fn(models: ProtectModels, settings: ProtectSettings,
-                       per_image_generator: bool):
-  """Jitted (gen_params, wplus0, noise, crops, sources, target crop, aligned target crops,
-  shared) -> (clip_x0 [N, 1, E], source embeddings, target embeddings)."""
+def _make_constants_fn(models: ProtectModels, settings: ProtectSettings):
+  """Jitted (gen_params (BatchParams), wplus0, noise, crops, sources, target crop, aligned
+  target crops, shared) -> (clip_x0 [N, 1, E], source embeddings, target embeddings)."""
 
   def fn(gen_params, wplus0, noise, crops, source_images01, target_crop01, target_aligned01,
          shared):
-    x0 = jax.vmap(lambda p, w, nz: render(models.generator, p, w, nz),
-                  in_axes=(0 if per_image_generator else None, 0, 0))(gen_params, wplus0,
-                                                                      noise)
+    x0 = render_batch(models.generator, gen_params, wplus0, noise)
     clip_x0 = jax.vmap(lambda x: clip_image_features(
         models.clip, shared.clip_params, x[None],
         official_shift=settings.official_clip_shift))(x0)
@@ -277,22 +291,23 @@ def _make_constants_fn(models: ProtectModels, settings: ProtectSettings,
   return jax.jit(fn)
 
 
-def prepare_constants(models: ProtectModels, settings: ProtectSettings, gen_params: Any,
-                      per_image_generator: bool, wplus0: Array, noise: Sequence[Array],
+def prepare_constants(models: ProtectModels, settings: ProtectSettings,
+                      gen_params: tuning.BatchParams, wplus0: Array, noise: Sequence[Array],
                       crops: Mapping[str, Array], source_images01: Array,
                       target_crop01: Array, shared: SharedInputs, keys: Array,
                       target_aligned01: Mapping[str, Array] | None = None) -> ImageConstants:
   """Everything fixed during the search, computed once for a batch of N images.
 
-  wplus0 [N, n_latent, D]; noise maps [N, r, r, 1]; crops: "box" -> [N, 4] and aligned
-  surrogate -> [N, 2, 3] (see fr_embeddings); source_images01 [N, H, W, 3] in [0, 1] (the
-  aligned originals); target_crop01 [h, w, 3] in [0, 1]; keys [N] PRNG keys (e.g.
-  fold_in(base, image_index), so results don't depend on batching); target_aligned01:
-  aligned surrogate -> [h, w, 3] in [0, 1] (see target_embeddings).
+  gen_params: the N images' generator (tuning.tune(...).params, or tuning.BatchParams({},
+  params) for one shared by all); wplus0 [N, n_latent, D]; noise maps [N, r, r, 1]; crops:
+  "box" -> [N, 4] and aligned surrogate -> [N, 2, 3] (see fr_embeddings); source_images01
+  [N, H, W, 3] in [0, 1] (the aligned originals); target_crop01 [h, w, 3] in [0, 1]; keys
+  [N] PRNG keys (e.g. fold_in(base, image_index), so results don't depend on batching);
+  target_aligned01: aligned surrogate -> [h, w, 3] in [0, 1] (see target_embeddings).
   """
+  _check_batch_params(gen_params)
   crops = {k: jnp.asarray(v) for k, v in crops.items()}
-  clip_x0, source, target = _make_constants_fn(models, _compile_key(settings),
-                                               per_image_generator)(
+  clip_x0, source, target = _make_constants_fn(models, _compile_key(settings))(
       gen_params, wplus0, list(noise), crops, source_images01, target_crop01,
       dict(target_aligned01 or {}), shared)
   return ImageConstants(wplus0, tuple(noise), crops, clip_x0, source, target, keys)

@@ -22,11 +22,13 @@ at <= R px are tuned; the layers above (the largest maps, the costliest part of 
 per-image step) keep the pretrained weights, one copy shared by every image, with no weight
 gradients or Adam state (with the generator's modulation 'activations' their convolutions
 are plain batched ones).
-per_image and cumulative return one tuned parameter set per image (a pytree with a leading
-image axis); joint returns the single shared set (TuneResult.per_image False), which stage 2
-runs unbatched. The loss's target side (the photo resized to 256 and its LPIPS-VGG
-features) never changes, so `prepare_target` computes it once per batch and each step runs
-the VGG trunk on the reconstructions only. Nothing is pickled.
+Every schedule returns the batch's generator as a `BatchParams`, as stage 2 takes it: the
+leaves that differ per image with a leading image axis (per_image and cumulative: the tuned
+layers), the rest stored once for every image (the frozen layers and the mapping network;
+joint: the whole generator, TuneResult.per_image False). The loss's target side (the photo
+resized to 256 and its LPIPS-VGG features) never changes, so `prepare_target` computes it
+once per batch and each step runs the VGG trunk on the reconstructions only. Nothing is
+pickled.
 """
 from __future__ import annotations
 
@@ -92,6 +94,27 @@ def merge_params(tuned: Any, frozen: Any) -> Any:
                                        **traverse_util.flatten_dict(frozen)})
 
 
+class BatchParams(NamedTuple):
+  """A batch's generator params, as tuning returns them and stage 2 takes them.
+
+  per_image: the leaves that differ per image, each with a leading image axis [N, ...]
+  (per_image / cumulative tuning: the tuned layers; {} when one generator serves the batch).
+  shared: the leaves every image uses, stored once (the frozen layers and the mapping
+  network; joint tuning, or no tuning: the whole generator). vmap a function of one image's
+  BatchParams over a batch with in_axes BATCH_AXES; merge_params(*p) is that image's whole
+  parameter tree.
+  """
+  per_image: Any
+  shared: Any
+
+  def image(self, i: int) -> Any:
+    """Image i's whole parameter tree."""
+    return merge_params(jax.tree_util.tree_map(lambda x: x[i], self.per_image), self.shared)
+
+
+BATCH_AXES = BatchParams(0, None)   # vmap in_axes of a BatchParams argument
+
+
 def _adam_step(loss_fn: Callable, settings: TuningSettings) -> Callable:
   """(tuned, opt_state, *inputs) -> (tuned, opt_state, aux): one Adam update of the tuned
   params on loss_fn(tuned, *inputs) -> (loss, aux)."""
@@ -114,18 +137,27 @@ def _batch_losses(generator: Generator, lpips_model: LPIPS, settings: TuningSett
                                   lpips_weight=settings.lpips_weight)
 
 
-def make_image_step(generator: Generator, lpips_model: LPIPS,
+def make_image_loss(generator: Generator, lpips_model: LPIPS,
                     settings: TuningSettings) -> Callable:
-  """One Adam step for ONE image.
-
-  (tuned, opt_state, frozen (split_params), wplus0 [n_latent, D], noise [r, r, 1] maps,
-  target (the image's TuningTarget, without the batch axis), lpips_params) -> (tuned,
-  opt_state, loss ()).
-  """
+  """ONE image's stage-1 loss: (tuned, frozen (split_params), wplus0 [n_latent, D], noise
+  [r, r, 1] maps, target (the image's TuningTarget, without the batch axis), lpips_params)
+  -> loss ()."""
   def loss_fn(tuned, frozen, wplus0, noise, target, lpips_params):
     target = jax.tree_util.tree_map(lambda x: x[None], target)
-    loss = _batch_losses(generator, lpips_model, settings, merge_params(tuned, frozen),
+    return _batch_losses(generator, lpips_model, settings, merge_params(tuned, frozen),
                          wplus0[None], [n[None] for n in noise], target, lpips_params)[0]
+
+  return loss_fn
+
+
+def make_image_step(generator: Generator, lpips_model: LPIPS,
+                    settings: TuningSettings) -> Callable:
+  """One Adam step for ONE image: (tuned, opt_state, *make_image_loss's inputs after tuned)
+  -> (tuned, opt_state, loss ())."""
+  image_loss = make_image_loss(generator, lpips_model, settings)
+
+  def loss_fn(*args):
+    loss = image_loss(*args)
     return loss, loss
 
   return _adam_step(loss_fn, settings)
@@ -157,10 +189,6 @@ def prepare_target(lpips_model: LPIPS | None, settings: TuningSettings, lpips_pa
                        settings.lpips_weight)
 
 
-def _per_image(tree: Any, n: int) -> Any:
-  return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
-
-
 def initial_state(settings: TuningSettings, tuned: Any, n: int) -> tuple[Any, Any]:
   """(tuned, opt_state) the joint or per_image schedule starts n images from, given the
   pretrained tuned half (split_params): one fresh copy of it (joint; the step donates it)
@@ -169,7 +197,7 @@ def initial_state(settings: TuningSettings, tuned: Any, n: int) -> tuple[Any, An
   if settings.schedule == "joint":
     tuned = jax.tree_util.tree_map(jnp.copy, tuned)
     return tuned, optimizer.init(tuned)
-  tuned = _per_image(tuned, n)
+  tuned = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tuned)
   return tuned, jax.vmap(optimizer.init)(tuned)
 
 
@@ -215,10 +243,14 @@ def _run_steps(step: Callable, params: Any, opt_state: Any, steps: int, *inputs
 
 
 class TuneResult(NamedTuple):
-  params: Any        # tuned generator params: leading image axis [N, ...] if per_image
-  losses: Array      # [steps, N]
-  carry: Any         # cumulative schedule: (params, opt_state) after the last image; else None
-  per_image: bool = True   # False (joint): params is ONE set shared by the N images
+  params: BatchParams   # the tuned generator of each of the N images
+  losses: Array         # [steps, N]
+  carry: Any            # cumulative schedule: (params, opt_state) after the last image; else None
+
+  @property
+  def per_image(self) -> bool:
+    """False (joint): ONE parameter set serves the N images."""
+    return bool(jax.tree_util.tree_leaves(self.params.per_image))
 
 
 def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
@@ -230,21 +262,22 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   [N, r, r, 1] (frozen, one set per image); targets [N, H, W, 3] in [-1, 1].
   carry (cumulative only): (params, opt_state) returned by the previous batch's call, so a
   job split into batches tunes exactly as one long sequence; None starts from gen_params.
-  The returned params are always the whole tree (frozen layers included, per image).
+  The returned BatchParams hold the whole tree: the tuned layers per image (per_image,
+  cumulative), the frozen ones once.
   weights (joint only): [N], 0 for batch padding that must not pull the shared generator;
   None = all 1.
   """
   step_settings = dataclasses.replace(settings, steps=0)  # one compilation for any steps
   target = prepare_target(lpips_model, step_settings, lpips_params, targets)
   if settings.schedule in ("joint", "per_image"):
-    n, per_image = wplus0.shape[0], settings.schedule == "per_image"
     tuned, frozen = split_params(settings, gen_params)
     tuned, _, losses = _run_steps(
         compiled_step(generator, lpips_model, step_settings),
-        *initial_state(settings, tuned, n), settings.steps,
+        *initial_state(settings, tuned, wplus0.shape[0]), settings.steps,
         *batch_inputs(settings, frozen, wplus0, noise, target, lpips_params, weights))
-    frozen = _per_image(frozen, n) if per_image else frozen
-    return TuneResult(merge_params(tuned, frozen), losses, None, per_image=per_image)
+    if settings.schedule == "joint":
+      return TuneResult(BatchParams({}, merge_params(tuned, frozen)), losses, None)
+    return TuneResult(BatchParams(tuned, frozen), losses, None)
 
   single = compiled_step(generator, lpips_model, step_settings, batched=False)
   params, opt_state = carry if carry is not None else (gen_params, None)
@@ -256,6 +289,7 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
     tuned, opt_state, image_losses = _run_steps(
         single, tuned, opt_state, settings.steps, frozen, wplus0[i], [m[i] for m in noise],
         jax.tree_util.tree_map(lambda x: x[i], target), lpips_params)
-    snapshots.append(merge_params(tuned, frozen))
+    snapshots.append(tuned)
     losses.append(image_losses)
-  return TuneResult(_stack(snapshots), jnp.stack(losses, axis=1), (snapshots[-1], opt_state))
+  return TuneResult(BatchParams(_stack(snapshots), frozen), jnp.stack(losses, axis=1),
+                    (merge_params(tuned, frozen), opt_state))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip2protect_jax import protect
+from clip2protect_jax import protect, tuning
 from clip2protect_jax.losses import fr_adversarial_loss
 from clip2protect_jax.models import stylegan2
 from clip2protect_jax.models.clip import CLIP, CLIPConfig
@@ -68,8 +68,9 @@ def setup():
   sources = jax.random.uniform(jax.random.key(8), (n, SIZE, SIZE, 3))
   target = jax.random.uniform(jax.random.key(9), (20, 18, 3))
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(10), i))(jnp.arange(n))
-  return dict(models=models, gen_params=gen_params, shared=shared, wplus0=wplus0,
-              noise=noise, boxes=boxes, sources=sources, target=target, keys=keys, n=n)
+  return dict(models=models, gen_params=tuning.BatchParams({}, gen_params), shared=shared,
+              wplus0=wplus0, noise=noise, boxes=boxes, sources=sources, target=target,
+              keys=keys, n=n)
 
 
 def settings(**kw):
@@ -80,13 +81,13 @@ def settings(**kw):
 
 def consts_for(s, st, sl=slice(None)):
   return protect.prepare_constants(
-      s["models"], st, s["gen_params"], False, s["wplus0"][sl], [m[sl] for m in s["noise"]],
+      s["models"], st, s["gen_params"], s["wplus0"][sl], [m[sl] for m in s["noise"]],
       {"box": s["boxes"][sl]}, s["sources"][sl], s["target"], s["shared"], s["keys"][sl])
 
 
 def run(s, st, sl=slice(None)):
   return protect.protect(s["models"], st, s["gen_params"], consts_for(s, st, sl),
-                         s["shared"], per_image_generator=False)
+                         s["shared"])
 
 
 def test_batched_equals_per_image(setup):
@@ -100,11 +101,31 @@ def test_batched_equals_per_image(setup):
     np.testing.assert_allclose(single_state.wplus[0], state.wplus[i], rtol=1e-4, atol=1e-5)
 
 
+def test_per_image_generators_with_a_shared_half(setup):
+  """Stage 2 after per-image tuning: each image has its own synthesis network (a leading
+  image axis) and one mapping network serves all (tuning.BatchParams). Each image's result
+  equals running it alone on its whole parameter tree."""
+  st = settings(steps=2)
+  whole, n = setup["gen_params"].shared, setup["n"]
+  synthesis = jax.tree_util.tree_map(
+      lambda x: jnp.stack([x * (1.0 + 0.1 * i) for i in range(n)]), whole["synthesis"])
+  per_image = tuning.BatchParams({"synthesis": synthesis}, {"style": whole["style"]})
+  images, _, _ = run(dict(setup, gen_params=per_image), st)
+  for i in (0, 2):
+    alone = dict(setup, gen_params=tuning.BatchParams({}, per_image.image(i)))
+    np.testing.assert_allclose(run(alone, st, slice(i, i + 1))[0][0], images[i], rtol=1e-4,
+                               atol=1e-5)
+  shared_images, _, _ = run(setup, st)
+  assert float(jnp.abs(images[2] - shared_images[2]).max()) > 1e-3
+  with pytest.raises(TypeError, match="BatchParams"):
+    protect.protect(setup["models"], st, whole, consts_for(setup, st), setup["shared"])
+
+
 def test_gradients_reach_only_configured_rows_and_noise(setup):
   st = settings()
   consts = consts_for(setup, st)
   _, state, _ = protect.protect(setup["models"], st, setup["gen_params"], consts,
-                                setup["shared"], per_image_generator=False)
+                                setup["shared"])
   moved = np.abs(np.asarray(state.wplus - setup["wplus0"])).max(axis=(0, 2))
   assert np.all(moved[:3] == 0.0), moved            # rows 0..2 frozen exactly
   assert np.all(moved[3:] > 1e-3), moved            # rows 3..5 optimised
@@ -188,10 +209,10 @@ def test_aligned_surrogate_takes_its_per_image_warp(setup):
 
   def run_with(w):
     consts = protect.prepare_constants(
-        s["models"], st, s["gen_params"], False, s["wplus0"], s["noise"],
+        s["models"], st, s["gen_params"], s["wplus0"], s["noise"],
         {"box": s["boxes"], ALIGNED_FR: w}, s["sources"], s["target"], s["shared"], s["keys"],
         aligned_target)
-    return protect.protect(s["models"], st, s["gen_params"], consts, s["shared"], False)
+    return protect.protect(s["models"], st, s["gen_params"], consts, s["shared"])
 
   images, _, hist = run_with(warps)
   other, _, _ = run_with(warps[::-1].copy())   # same shapes: no second compilation

@@ -37,14 +37,18 @@ def run_tuning(t, ts, sl=slice(0, 2), weights=None):
 
 def test_tuning_per_image_batched_equals_alone_and_fits(tuning_setup):
   ts = tuning.TuningSettings(steps=4, learning_rate=1e-2, loss_resolution=32)
-  params, losses, _, per_image = run_tuning(tuning_setup, ts)
-  assert per_image
+  result = run_tuning(tuning_setup, ts)
+  losses = result.losses
+  assert result.per_image
   assert losses.shape == (4, 2)
   assert np.all(np.asarray(losses[-1]) < np.asarray(losses[0])), losses
-  alone, alone_losses, _, _ = run_tuning(tuning_setup, ts, slice(1, 2))
-  np.testing.assert_allclose(alone_losses[:, 0], losses[:, 1], rtol=1e-4)
-  jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a[0], b[1], rtol=1e-4, atol=1e-5), alone, params)
+  # The untouched mapping network is stored once, not once per image.
+  jax.tree_util.tree_map(np.testing.assert_array_equal, result.params.shared,
+                         {"style": tuning_setup["gen_params"]["style"]})
+  alone = run_tuning(tuning_setup, ts, slice(1, 2))
+  np.testing.assert_allclose(alone.losses[:, 0], losses[:, 1], rtol=1e-4)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         alone.params.image(0), result.params.image(1))
 
 
 def test_tuning_equals_adam_over_every_parameter(tuning_setup):
@@ -70,21 +74,21 @@ def test_tuning_equals_adam_over_every_parameter(tuning_setup):
   jax.tree_util.tree_map(np.testing.assert_array_equal, params["style"],
                          t["gen_params"]["style"])
   result = run_tuning(t, ts, slice(0, 1))
-  assert tuning.split_params(ts, result.params)[1].keys() == {"style"}
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5),
-                         result.params, params)
+  assert result.params.shared.keys() == {"style"}
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         result.params.image(0), params)
 
 
 def test_tuning_cumulative_carries_the_generator(tuning_setup):
   per_image = tuning.TuningSettings(steps=3, learning_rate=1e-2, loss_resolution=32)
   cumulative = dataclasses.replace(per_image, schedule="cumulative")
-  p_params, p_losses, _, _ = run_tuning(tuning_setup, per_image)
-  c_params, c_losses, _, _ = run_tuning(tuning_setup, cumulative)
+  p_params, p_losses, _ = run_tuning(tuning_setup, per_image)
+  c_params, c_losses, _ = run_tuning(tuning_setup, cumulative)
   # Image 0 starts from the pretrained generator either way; image 1 does not.
   np.testing.assert_allclose(c_losses[:, 0], p_losses[:, 0], rtol=1e-4)
   assert abs(float(c_losses[0, 1] - p_losses[0, 1])) > 1e-5
-  a = jax.tree_util.tree_leaves(c_params["synthesis"])[0]
-  b = jax.tree_util.tree_leaves(p_params["synthesis"])[0]
+  a = jax.tree_util.tree_leaves(c_params.per_image["synthesis"])[0]
+  b = jax.tree_util.tree_leaves(p_params.per_image["synthesis"])[0]
   np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-5)  # lr 1e-2 steps
   assert float(jnp.abs(a[1] - b[1]).max()) > 1e-6
   with pytest.raises(ValueError, match="schedule"):
@@ -96,12 +100,13 @@ def test_tuning_joint_is_one_shared_generator(tuning_setup):
   no effect on the shared generator; two images give ONE parameter set that fits both."""
   per_image = tuning.TuningSettings(steps=3, learning_rate=1e-2, loss_resolution=32)
   joint = dataclasses.replace(per_image, schedule="joint")
-  p_params, p_losses, _, _ = run_tuning(tuning_setup, per_image, slice(0, 1))
-  j_params, j_losses, carry, shared = run_tuning(tuning_setup, joint, slice(0, 1))
-  assert not shared and carry is None
-  np.testing.assert_allclose(j_losses, p_losses, rtol=1e-4)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b[0], rtol=1e-4,
-                                                                 atol=1e-5), j_params, p_params)
+  alone = run_tuning(tuning_setup, per_image, slice(0, 1))
+  result = run_tuning(tuning_setup, joint, slice(0, 1))
+  j_params, j_losses = result.params, result.losses
+  assert not result.per_image and j_params.per_image == {} and result.carry is None
+  np.testing.assert_allclose(j_losses, alone.losses, rtol=1e-4)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         j_params.shared, alone.params.image(0))
   padded = run_tuning(tuning_setup, joint, weights=jnp.array([1.0, 0.0]))
   # Adam divides by sqrt(v): near-zero gradients amplify batch-vs-alone rounding (lr 1e-2).
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
@@ -110,7 +115,9 @@ def test_tuning_joint_is_one_shared_generator(tuning_setup):
   both = run_tuning(tuning_setup, dataclasses.replace(joint, steps=4))
   assert both.losses.shape == (4, 2)
   assert np.all(np.asarray(both.losses[-1]) < np.asarray(both.losses[0])), both.losses
-  leaf = jax.tree_util.tree_leaves(both.params)[0]
+  assert (jax.tree_util.tree_structure(both.params.shared)
+          == jax.tree_util.tree_structure(tuning_setup["gen_params"]))
+  leaf = jax.tree_util.tree_leaves(both.params.shared)[0]
   assert leaf.shape == jax.tree_util.tree_leaves(tuning_setup["gen_params"])[0].shape
 
 
@@ -137,12 +144,11 @@ def test_tuning_a_subset_of_layers(tuning_setup):
   pre_tuned, pre_frozen = tuning.split_params(subset, pretrained)
   result = run_tuning(tuning_setup, subset)
   assert result.per_image and result.losses.shape == (3, 2)
-  tuned, frozen = tuning.split_params(subset, result.params)
+  tuned, frozen = result.params   # frozen: one copy for every image
   assert set(frozen) == {"style", "synthesis"} and set(tuned) == {"synthesis"}
   assert {stylegan2.synthesis_layer_resolution(n) for n in frozen["synthesis"]} == {16}
   assert {stylegan2.synthesis_layer_resolution(n) for n in tuned["synthesis"]} == {4, 8}
-  jax.tree_util.tree_map(lambda a, p: np.testing.assert_array_equal(a, np.stack([p, p])),
-                         frozen, pre_frozen)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, frozen, pre_frozen)
   moved = [float(jnp.abs(a[i] - p).max()) for a, p in zip(
       jax.tree_util.tree_leaves(tuned), jax.tree_util.tree_leaves(pre_tuned)) for i in range(2)]
   assert min(moved) > 0, moved
@@ -150,9 +156,8 @@ def test_tuning_a_subset_of_layers(tuning_setup):
   np.testing.assert_allclose(alone.losses[:, 0], result.losses[:, 1], rtol=1e-4)
   # A shared-weight conv at batch 2 vs 1 rounds differently; Adam's 1/sqrt(v) amplifies it
   # (lr 1e-2 moves weights by ~1e-2 per step, so mixing images would show far above 1e-4).
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[0], b[1], rtol=1e-4,
-                                                                 atol=1e-4),
-                         alone.params, result.params)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                         alone.params.image(0), result.params.image(1))
 
   every = run_tuning(tuning_setup, dataclasses.replace(base, max_resolution=SIZE))
   default = run_tuning(tuning_setup, base)
@@ -161,9 +166,7 @@ def test_tuning_a_subset_of_layers(tuning_setup):
 
   for schedule in ("joint", "cumulative"):
     other = run_tuning(tuning_setup, dataclasses.replace(subset, schedule=schedule))
-    kept = tuning.split_params(subset, other.params)[1]
-    if other.per_image:
-      kept = jax.tree_util.tree_map(lambda x: x[1], kept)
+    kept = tuning.split_params(subset, other.params.image(1))[1]
     jax.tree_util.tree_map(np.testing.assert_array_equal, kept, pre_frozen)
     assert np.all(np.asarray(other.losses[-1]) < np.asarray(other.losses[0])), schedule
   # The cumulative carry is (whole params, Adam state of the tuned ones): what

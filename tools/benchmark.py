@@ -346,15 +346,18 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
       noise = stylegan2.make_noise(jax.random.key(2), FLAGS.size, bs)
       targets = jax.random.uniform(jax.random.key(4), (bs, FLAGS.size, FLAGS.size, 3),
                                    minval=-1, maxval=1)
-      per_image = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (bs,) + x.shape),
-                                         params)
+      # The generator as tuning leaves it: the tuned layers per image, the rest shared.
+      tuned_half, frozen = tuning.split_params(ts, params)
+      batch_params = (tuning.BatchParams({}, params) if ts.schedule == "joint" else
+                      tuning.BatchParams(jax.tree_util.tree_map(
+                          lambda x: jnp.broadcast_to(x, (bs,) + x.shape), tuned_half), frozen))
       s = FLAGS.size
       boxes = jnp.tile(jnp.array([[0.27 * s, 0.3 * s, 0.73 * s, 0.85 * s]]), (bs, 1))
       keys = jax.random.split(jax.random.key(5), bs)
       target_crop = jax.random.uniform(jax.random.key(6), (700, 520, 3))
 
       def constants():
-        return protect.prepare_constants(models, settings, per_image, True, wplus0, noise,
+        return protect.prepare_constants(models, settings, batch_params, wplus0, noise,
                                          {"box": boxes}, (targets + 1) / 2, target_crop, shared,
                                          keys)
 
@@ -362,20 +365,20 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
         consts = constants()
         state = jax.tree_util.tree_map(jnp.copy, jax.vmap(
             lambda c: protect.init_state(models, settings, c))(consts))
-        step = protect.make_batch_step(models, protect._compile_key(settings), True)  # noqa: SLF001
-        r = bench.compile_and_time(step, (state, per_image, consts, shared), FLAGS.iters,
+        step = protect.make_batch_step(models, protect._compile_key(settings))  # noqa: SLF001
+        r = bench.compile_and_time(step, (state, batch_params, consts, shared), FLAGS.iters,
                                    carry=lambda out, a: (out[0],) + a[1:])
         results.append(report("protect_step", dtype, bs, r))
       if "end_to_end" in modes:
         def once(tune_steps, protect_steps):
           tuned = tuning.tune(gen, lpips_model, dataclasses.replace(ts, steps=tune_steps),
                               params, lpips_vars, wplus0, noise, targets)
-          c = protect.prepare_constants(models, settings, tuned.params, tuned.per_image,
-                                        wplus0, noise, {"box": boxes}, (targets + 1) / 2,
-                                        target_crop, shared, keys)
+          c = protect.prepare_constants(models, settings, tuned.params, wplus0, noise,
+                                        {"box": boxes}, (targets + 1) / 2, target_crop, shared,
+                                        keys)
           st = dataclasses.replace(settings, steps=protect_steps)
           return jax.block_until_ready(
-              protect.protect(models, st, tuned.params, c, shared, tuned.per_image)[0])
+              protect.protect(models, st, tuned.params, c, shared)[0])
         t0 = time.perf_counter()
         once(1, 1)   # compiles everything the full run uses
         compile_s = time.perf_counter() - t0

@@ -54,8 +54,9 @@ def main(argv):
   targets = jax.random.uniform(jax.random.key(4), (b, FLAGS.size, FLAGS.size, 3), minval=-1,
                                maxval=1)
   ts = tuning.TuningSettings(steps=FLAGS.steps)
-  render = jax.jit(jax.vmap(lambda p, w, n: fp32.apply({"params": p}, w[None],
-                                                       [m[None] for m in n])[0]))
+  render = jax.jit(jax.vmap(lambda p, w, n: fp32.apply({"params": tuning.merge_params(*p)},
+                                                       w[None], [m[None] for m in n])[0],
+                            in_axes=(tuning.BATCH_AXES, 0, 0)))
 
   def run(dtype, n):
     lpips_model, lpips_vars = lpips[dtype]

@@ -43,7 +43,6 @@ def ablation(dtype: str, bs: int) -> list[dict]:
   import jax
   import jax.numpy as jnp
   from clip2protect_jax import tuning, weights
-  from clip2protect_jax.losses_clip import lpips_mse_loss_to_target
   from clip2protect_jax.models import stylegan2
   key = jax.random.key(0)
   gen = stylegan2.Generator(FLAGS.size, dtype=jnp.dtype(dtype))
@@ -61,9 +60,10 @@ def ablation(dtype: str, bs: int) -> list[dict]:
   def gen_only(p, wi, ni, xi):
     return jnp.mean(jnp.square(render(p, wi, ni) - xi[None]))
 
+  image_loss = tuning.make_image_loss(gen, lp, tuning.TuningSettings())
+
   def with_loss(p, wi, ni, ti):
-    target_i = jax.tree_util.tree_map(lambda x: x[None], ti)
-    return lpips_mse_loss_to_target(lp, lp_vars, render(p, wi, ni), target_i)[0]
+    return image_loss(p, frozen, wi, ni, ti, lp_vars)
 
   out = []
   for name, fn, last in (("generator_fwd_bwd", jax.grad(gen_only), image),
