@@ -115,6 +115,19 @@ class BatchParams(NamedTuple):
 BATCH_AXES = BatchParams(0, None)   # vmap in_axes of a BatchParams argument
 
 
+def batch_params(settings: TuningSettings, tuned: Any, frozen: Any) -> BatchParams:
+  """The schedule's BatchParams from its tuned half (per_image / cumulative: [N, ...] per
+  image; joint: the one set) and the frozen half (split_params)."""
+  if settings.schedule == "joint":
+    return BatchParams({}, merge_params(tuned, frozen))
+  return BatchParams(tuned, frozen)
+
+
+def per_image_copies(tree: Any, n: int) -> Any:
+  """Every leaf [...] -> n copies of it [n, ...]."""
+  return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
+
+
 def _adam_step(loss_fn: Callable, settings: TuningSettings) -> Callable:
   """(tuned, opt_state, *inputs) -> (tuned, opt_state, aux): one Adam update of the tuned
   params on loss_fn(tuned, *inputs) -> (loss, aux)."""
@@ -197,7 +210,7 @@ def initial_state(settings: TuningSettings, tuned: Any, n: int) -> tuple[Any, An
   if settings.schedule == "joint":
     tuned = jax.tree_util.tree_map(jnp.copy, tuned)
     return tuned, optimizer.init(tuned)
-  tuned = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tuned)
+  tuned = per_image_copies(tuned, n)
   return tuned, jax.vmap(optimizer.init)(tuned)
 
 
@@ -275,9 +288,7 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
         compiled_step(generator, lpips_model, step_settings),
         *initial_state(settings, tuned, wplus0.shape[0]), settings.steps,
         *batch_inputs(settings, frozen, wplus0, noise, target, lpips_params, weights))
-    if settings.schedule == "joint":
-      return TuneResult(BatchParams({}, merge_params(tuned, frozen)), losses, None)
-    return TuneResult(BatchParams(tuned, frozen), losses, None)
+    return TuneResult(batch_params(settings, tuned, frozen), losses, None)
 
   single = compiled_step(generator, lpips_model, step_settings, batched=False)
   params, opt_state = carry if carry is not None else (gen_params, None)
@@ -291,5 +302,5 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
         jax.tree_util.tree_map(lambda x: x[i], target), lpips_params)
     snapshots.append(tuned)
     losses.append(image_losses)
-  return TuneResult(BatchParams(_stack(snapshots), frozen), jnp.stack(losses, axis=1),
+  return TuneResult(batch_params(settings, _stack(snapshots), frozen), jnp.stack(losses, axis=1),
                     (merge_params(tuned, frozen), opt_state))

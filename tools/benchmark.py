@@ -348,9 +348,9 @@ def pipeline_benchmarks(modes, precision) -> list[dict]:
                                    minval=-1, maxval=1)
       # The generator as tuning leaves it: the tuned layers per image, the rest shared.
       tuned_half, frozen = tuning.split_params(ts, params)
-      batch_params = (tuning.BatchParams({}, params) if ts.schedule == "joint" else
-                      tuning.BatchParams(jax.tree_util.tree_map(
-                          lambda x: jnp.broadcast_to(x, (bs,) + x.shape), tuned_half), frozen))
+      if ts.schedule != "joint":
+        tuned_half = tuning.per_image_copies(tuned_half, bs)
+      batch_params = tuning.batch_params(ts, tuned_half, frozen)
       s = FLAGS.size
       boxes = jnp.tile(jnp.array([[0.27 * s, 0.3 * s, 0.73 * s, 0.85 * s]]), (bs, 1))
       keys = jax.random.split(jax.random.key(5), bs)
