@@ -26,6 +26,7 @@ corners, valid) puts a protected face back into its photo.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -39,7 +40,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from clip2protect_jax import align, image_io
+from clip2protect_jax import align, image_io, run_settings
 from clip2protect_jax.image_io import atomic_savez, atomic_write_json
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -108,7 +109,7 @@ def align_one_photo(path: str, key: str, cfg, out_dir: str) -> dict[str, Any]:
                        "corners": aligned.corners, "valid": aligned.valid,
                        "at_border": det.at_border(photo.shape)}, aligned.image))
   except (align.FaceAlignmentError, ValueError) as e:
-    return {"source": path, "error": str(e), "faces": []}
+    return {"source": path, "sha256": file_sha256(path), "error": str(e), "faces": []}
   records = []
   for rec, image in faces:
     fid = face_id(key, rec["face_index"])
@@ -116,21 +117,67 @@ def align_one_photo(path: str, key: str, cfg, out_dir: str) -> dict[str, Any]:
     os.makedirs(os.path.dirname(png), exist_ok=True)
     image_io.write_png(png, image)
     records.append({"id": fid, "aligned_png": os.path.relpath(png, out_dir), **rec})
-  return {"source": path, "error": None, "faces": records,
+  return {"source": path, "sha256": file_sha256(path), "error": None, "faces": records,
           "photo_size": [int(photo.shape[1]), int(photo.shape[0])]}
+
+
+def file_sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def same_photo(record: dict[str, Any], path: str) -> bool:
+  """Whether the photo aligned in `record` is the file now at `path` (not a changed photo,
+  or another folder's photo of the same name). Records of older versions have no sha256:
+  their path is compared."""
+  if "sha256" in record:
+    return record["sha256"] == file_sha256(path)
+  return os.path.abspath(record["source"]) == os.path.abspath(path)
+
+
+def align_settings(config) -> dict[str, Any]:
+  """The config fields the aligned faces depend on (run_settings)."""
+  return run_settings.select(config, ("align",), exclude=("align.on_error",))
+
+
+def encode_settings(config) -> dict[str, Any]:
+  """The config fields the W+ codes depend on (run_settings)."""
+  method_fields = {"e4e": ("e4e",), "projection": ("projection",),
+                   "latents": ("latents_file",)}[config.method]
+  return run_settings.select(
+      config, ("seed", "method", "generator", *method_fields),
+      exclude=(*run_settings.GRAPH_FIELDS, "e4e.batch_size", "projection.batch_size"))
 
 
 def align_stage(config, out_dir: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
   """Runs/resumes alignment; returns (face records in id order, per-file errors)."""
   root = config.photos
-  faces, errors = [], []
+  faces, errors, keys = [], [], {}   # keys: face key -> photo
+  records_dir = os.path.join(out_dir, "faces")
+  run_settings.check(os.path.join(out_dir, "align_settings.json"), align_settings(config),
+                     os.path.isdir(records_dir) and bool(os.listdir(records_dir)),
+                     f"the aligned faces in {out_dir}")
   for path in list_photos(root):
     key = photo_key(path, root)
-    record_path = os.path.join(out_dir, "faces", key + ".json")
+    if key in keys:
+      raise ValueError(f"{keys[key]} and {path} both map to the face key {key!r} (keys "
+                       "replace characters other than letters, digits, '.', '_' and '-' "
+                       "with '_', and folders with '__'): rename one of them.")
+    keys[key] = path
+  for key, path in keys.items():
+    record_path, record = os.path.join(records_dir, key + ".json"), None
     if os.path.exists(record_path):
       with open(record_path) as f:
         record = json.load(f)
-    else:
+      if not same_photo(record, path):
+        if record["faces"]:
+          raise ValueError(
+              f"{path}: this workdir's record of the same key, {record_path}, was made from "
+              f"a different photo ({record['source']}, other content). Its faces, codes and "
+              "results would be reused for this photo. Use a new --workdir, or delete that "
+              "record and what was made from it to redo the photo.")
+        record = None   # no face came of it (an alignment error): align the new photo
+    if record is None:
       record = align_one_photo(path, key, config.align, out_dir)
       atomic_write_json(record_path, record)
     if record["error"]:
@@ -313,6 +360,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   faces, errors = align_stage(config, out_dir)
   t_align = time.perf_counter() - t0
   todo = [f for f in faces if not os.path.exists(latent_path(out_dir, f["id"]))]
+  run_settings.check(os.path.join(out_dir, "encode_settings.json"), encode_settings(config),
+                     len(todo) < len(faces), f"the W+ codes in {out_dir}/latents")
   weights = "nothing to encode"
   if todo:
     if config.method == "e4e":

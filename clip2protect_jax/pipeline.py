@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from clip2protect_jax import (align, checkpoints, evaluation, fr_align, image_io, inversion,
-                              protect, report, tuning)
+                              protect, report, run_settings, tuning)
 from clip2protect_jax import weights as weights_lib
 from clip2protect_jax.image_io import atomic_write_json
 from clip2protect_jax.losses_clip import compose, load_templates, text_features
@@ -66,6 +66,15 @@ def protect_settings(config) -> protect.ProtectSettings:
       distortion_scale=p.distortion_scale, num_aug=p.num_aug,
       official_dodging=p.official_dodging, official_clip_shift=p.official_clip_shift,
       official_output_step=p.official_output_step)
+
+
+def result_settings(config) -> dict[str, Any]:
+  """The config fields protect/results depend on (run_settings; the aligned faces and W+
+  codes have their own records in invert/). Per-image and cumulative tuning give each face
+  the same result in any batch, so batch_size counts only for the joint schedule."""
+  fields = ("seed", "prompt", "source_text", "clip", "target", "fr", "tune", "protect",
+            "generator") + (("batch_size",) if config.tune.schedule == "joint" else ())
+  return run_settings.select(config, fields, exclude=run_settings.GRAPH_FIELDS)
 
 
 def fr_model_names(config) -> tuple[str, ...]:
@@ -216,6 +225,17 @@ def face_boxes(config, arrays: dict[str, np.ndarray], index: Sequence[int],
   return np.stack(out).astype(np.float32)
 
 
+def photo_box(config, arrays: dict[str, np.ndarray], i: int, box: np.ndarray) -> list[float]:
+  """Face i's box (l, t, r, b) in its photo's pixels, where dlib's victim locates it: the
+  photo's detection; for photos taken as already aligned (whose record box is the whole
+  photo), the FR box `box` found in the aligned face (generator pixels), scaled back."""
+  if config.align.enabled:
+    return [float(v) for v in arrays["boxes"][i]]
+  w, h = np.asarray(arrays["corners"][i])[2]   # the SE corner of the whole photo
+  scale = np.array([w, h, w, h], np.float64) / config.generator.size
+  return [float(v) for v in np.asarray(box, np.float64) * scale]
+
+
 def face_crops(names: Sequence[str], aligned_u8: np.ndarray, boxes: np.ndarray
                ) -> dict[str, np.ndarray]:
   """"box" -> boxes [n, 4], and per aligned model of `names` -> [n, 2, 3] warps from the
@@ -308,12 +328,13 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
         "id": fid, "source": str(arrays["sources"][i]),
         "box": [float(v) for v in np.asarray(boxes[j])],
         "fr_warps": {m: np.asarray(v[j]).tolist() for m, v in crops.items() if m != "box"},
-        "photo_box": [float(v) for v in arrays["boxes"][i]],
+        "photo_box": photo_box(config, arrays, i, np.asarray(boxes[j])),
         "corners": np.asarray(arrays["corners"][i]).tolist(),
         "valid": np.asarray(arrays["valid"][i]).tolist(),
         "tune": {"steps": ts.steps, "schedule": ts.schedule,
-                 "max_resolution": ts.max_resolution, "first_loss": float(tuned.losses[0, j]),
-                 "final_loss": float(tuned.losses[-1, j])},
+                 "max_resolution": ts.max_resolution,
+                 "first_loss": float(tuned.losses[0, j]) if ts.steps else None,
+                 "final_loss": float(tuned.losses[-1, j]) if ts.steps else None},
         "protect": {k: float(v[-1, j]) for k, v in history.items()} if history else {},
         "psnr": {"reconstruction_vs_original": evaluation.psnr(images["reconstruction"][j],
                                                                images["original"][j]),
@@ -342,20 +363,48 @@ def save_carry(out_dir: str, carry: Any, last_id: str) -> None:
   os.replace(tmp, path)
 
 
-def load_carry(out_dir: str, config, loaded: Loaded, done_ids: Sequence[str]) -> Any:
-  """The saved carry if the finished faces are exactly those before it, else an error."""
+def cumulative_resume(ids: Sequence[str], done: Sequence[str], carry_last_id: str | None
+                      ) -> list[str]:
+  """The finished faces a cumulative run keeps, in sequence order: those up to the face the
+  saved carry follows (faces written after it, by a run stopped before it saved the carry,
+  are redone: the sequence is deterministic). Raises if the finished faces are not the
+  first of the sequence or the carry is not among them (photos added or removed, results
+  deleted)."""
+  finished = set(done)
+  done = [f for f in ids if f in finished]
+  if not done:
+    return []
+  if done != list(ids[:len(done)]):
+    first_missing = next(f for f in ids if f not in finished)
+    raise RuntimeError(
+        f"cumulative tuning: face {first_missing} is not done but later faces are (up to "
+        f"{done[-1]}); the sequence changed (new photos?). Use a new --workdir.")
+  if carry_last_id is None:
+    logging.warning("cumulative tuning: %d faces are done but no carried generator was saved "
+                    "after them (a run stopped in its first batch); redoing them", len(done))
+    return []
+  if carry_last_id not in done:
+    raise RuntimeError(
+        f"cumulative tuning: the carried generator was saved after face {carry_last_id}, "
+        f"but the finished faces end at {done[-1]}; the sequence changed (results deleted or "
+        "new photos?). Use a new --workdir.")
+  kept = done[:done.index(carry_last_id) + 1]
+  if len(kept) < len(done):
+    logging.warning("cumulative tuning: redoing %d finished faces after %s, the face the "
+                    "saved carry follows (a run stopped before saving it)",
+                    len(done) - len(kept), carry_last_id)
+  return kept
+
+
+def carry_last_id(out_dir: str) -> str | None:
+  """The face the saved cumulative carry follows, or None if there is none."""
   path = _carry_path(out_dir)
-  if not done_ids:
-    return None
-  if not os.path.isdir(path):
-    raise RuntimeError(f"cumulative tuning: {len(done_ids)} faces are done but {path} is "
-                       "missing, so the carried generator cannot be restored. Use a new "
-                       "--workdir (or delete protect/results) to rerun the sequence.")
-  meta = checkpoints.load_metadata(path)
-  if meta.get("last_id") != max(done_ids):
-    raise RuntimeError(f"cumulative tuning: {path} was saved after face {meta.get('last_id')}"
-                       f" but the last finished face is {max(done_ids)}; the sequence "
-                       "changed (new photos?). Use a new --workdir.")
+  return checkpoints.load_metadata(path).get("last_id") if os.path.isdir(path) else None
+
+
+def load_carry(out_dir: str, config, loaded: Loaded) -> Any:
+  """The saved carry (cumulative_resume has matched it to the finished faces)."""
+  path = _carry_path(out_dir)
   params, ts = loaded.generator.params, tuning_settings(config)
   abstract = {"params": params, "opt_state": jax.eval_shape(
       tuning.make_optimizer(ts).init, tuning.split_params(ts, params)[0])}
@@ -403,17 +452,18 @@ def write_face(out_dir: str, record: dict[str, Any], images: dict[str, np.ndarra
   atomic_write_json(result_path(out_dir, fid), record)  # last: marks the face as done
 
 
-def paste_back_photos(out_dir: str, arrays: dict[str, np.ndarray], workdir: str
-                      ) -> dict[str, str]:
-  """protect/photos/<key>.png per source photo with all its protected faces pasted back."""
+def paste_back_photos(out_dir: str, arrays: dict[str, np.ndarray], workdir: str,
+                      faces_now: Sequence[str]) -> dict[str, str]:
+  """protect/photos/<key>.png per source photo with all its protected faces pasted back;
+  made if missing or if any of its faces is among `faces_now` (written by this run)."""
   by_source: dict[str, list[int]] = {}
   for i, src in enumerate(arrays["sources"]):
     by_source.setdefault(str(src), []).append(i)
-  written = {}
+  written, faces_now = {}, set(faces_now)
   for src, idx in by_source.items():
     key = str(arrays["ids"][idx[0]]).rsplit("_f", 1)[0]
     path = os.path.join(out_dir, "photos", key + ".png")
-    if not os.path.exists(path):
+    if not os.path.exists(path) or any(str(arrays["ids"][i]) in faces_now for i in idx):
       photo = image_io.read_rgb(src)
       for i in idx:
         face = image_io.read_rgb(os.path.join(out_dir, "faces", str(arrays["ids"][i]) + ".png"))
@@ -427,13 +477,19 @@ def run(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) every stage for the photos in config.photos."""
   check_inputs(config)
   t_start = time.perf_counter()
+  out_dir = os.path.join(workdir, SUBDIR)
+  results_dir = os.path.dirname(result_path(out_dir, "_"))
+  run_settings.check(os.path.join(out_dir, "settings.json"), result_settings(config),
+                     os.path.isdir(results_dir) and bool(os.listdir(results_dir)),
+                     f"the protected faces in {out_dir}")
   inv = inversion.run(config, workdir)
   arrays = inv["arrays"]
   inv_dir = os.path.join(workdir, inversion.SUBDIR)
-  out_dir = os.path.join(workdir, SUBDIR)
-  os.makedirs(out_dir, exist_ok=True)
   ids = [str(i) for i in arrays["ids"]]
   done = [f for f in ids if os.path.exists(result_path(out_dir, f))]
+  cumulative = config.tune.schedule == "cumulative"
+  if cumulative:
+    done = cumulative_resume(ids, done, carry_last_id(out_dir))
   todo = [i for i, f in enumerate(ids) if f not in set(done)]
   seconds = {"align_invert": time.perf_counter() - t_start, "load": 0.0, "tune": 0.0,
              "protect": 0.0, "evaluate": 0.0}
@@ -446,16 +502,15 @@ def run(config, workdir: str) -> dict[str, Any]:
     loaded = load_models(config)
     descriptions = loaded.descriptions
     seconds["load"] = time.perf_counter() - t0
-    carry = (load_carry(out_dir, config, loaded, done)
-             if config.tune.schedule == "cumulative" else None)
+    carry = load_carry(out_dir, config, loaded) if cumulative and done else None
     progress = Progress("tune+protect+evaluate", len(todo))
     for start in range(0, len(todo), config.batch_size):
       index = todo[start:start + config.batch_size]
       records, images, carry, sec = run_batch(config, loaded, arrays, index, inv_dir, carry)
-      if config.tune.schedule == "cumulative":
-        save_carry(out_dir, carry, records[-1]["id"])
       for j, record in enumerate(records):
         write_face(out_dir, record, images, j)
+      if cumulative:  # after the faces: a stop in between redoes them (cumulative_resume)
+        save_carry(out_dir, carry, records[-1]["id"])
       for k, v in sec.items():
         seconds[k] += v
       progress.update(len(index))
@@ -467,7 +522,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   elif os.path.exists(os.path.join(out_dir, "descriptions.json")):
     with open(os.path.join(out_dir, "descriptions.json")) as f:
       descriptions = json.load(f)
-  photos = paste_back_photos(out_dir, arrays, workdir)
+  photos = paste_back_photos(out_dir, arrays, workdir, [ids[i] for i in todo])
   records = []
   for f in ids:
     with open(result_path(out_dir, f)) as fh:

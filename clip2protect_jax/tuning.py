@@ -61,6 +61,9 @@ class TuningSettings:
   max_resolution: int = 0          # 0: every layer; R: only synthesis layers <= R px (fast)
 
   def __post_init__(self):
+    if self.steps < 0:
+      raise ValueError(f"tuning steps must be >= 0 (0: no pivotal tuning, stage 2 searches "
+                       f"the pretrained generator), got {self.steps}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"tuning schedule must be one of {SCHEDULES}, got {self.schedule!r}")
     r = self.max_resolution
@@ -247,7 +250,10 @@ def _stack(trees: Sequence[Any]) -> Any:
 def _run_steps(step: Callable, params: Any, opt_state: Any, steps: int, *inputs
                ) -> tuple[Any, Any, Array]:
   """`steps` calls of step(params, opt_state, *inputs) -> (params, opt_state, loss);
-  returns the last params and opt_state and the losses stacked [steps, ...]."""
+  returns the last params and opt_state and the losses stacked [steps, ...] (steps >= 0)."""
+  if not steps:
+    loss = jax.eval_shape(step, params, opt_state, *inputs)[2]
+    return params, opt_state, jnp.zeros((0, *loss.shape), loss.dtype)
   losses = []
   for _ in range(steps):
     params, opt_state, loss = step(params, opt_state, *inputs)

@@ -157,6 +157,50 @@ def test_pre_aligned_photos_and_id_matched_latents(tmp_path):
   np.testing.assert_array_equal(out["corners"][0], [[0, 0], [0, 512], [512, 512], [512, 0]])
 
 
+def test_resume_refuses_other_photos_and_other_settings(tmp_path):
+  """A rerun never reuses a face for another photo, or codes made with other settings: two
+  photos of one key, a photo replaced under its name, and a changed alignment or encoding
+  setting each fail with what differs. A changed photo that gave no face is re-aligned."""
+  from clip2protect_jax import run_settings
+  root = tmp_path / "photos"
+  os.makedirs(root)
+  rng = np.random.default_rng(0)
+  save = lambda name, hw=40: Image.fromarray(
+      rng.integers(0, 255, (hw, hw, 3), dtype=np.uint8)).save(root / name)
+  save("x y.png")
+  save("x_y.png")
+  config = _config("latents")
+  config.update(photos=str(root), latents_file=str(tmp_path / "codes.npy"))
+  config.align.enabled = False
+  np.save(config.latents_file, np.zeros((2, 18, 512), np.float32))
+  with pytest.raises(ValueError, match="both map to the face key 'x_y.png'"):
+    inversion.run(config, str(tmp_path / "w0"))
+  assert not os.path.exists(tmp_path / "w0" / "invert" / "faces")   # before any work
+
+  os.remove(root / "x y.png")
+  save("z.png", hw=8)   # too small: an alignment error, no face
+  workdir = str(tmp_path / "w")
+  np.save(config.latents_file, np.zeros((1, 18, 512), np.float32))
+  assert inversion.run(config, workdir)["n_faces"] == 1
+  save("z.png")         # replaced by a usable photo: aligned now
+  np.save(config.latents_file, np.zeros((2, 18, 512), np.float32))
+  assert inversion.run(config, workdir)["n_faces"] == 2
+  save("x_y.png")       # another photo under an aligned face's name
+  with pytest.raises(ValueError, match="x_y.png.json, was made from a different photo"):
+    inversion.run(config, workdir)
+
+  workdir = str(tmp_path / "w2")
+  inversion.run(config, workdir)
+  config.align.output_size = 128
+  with pytest.raises(run_settings.SettingsMismatchError, match="align.output_size: 256 there, 128 now"):
+    inversion.run(config, workdir)
+  config.align.output_size = 256
+  config.generator.conv_impl = "xla"   # the same function: no mismatch
+  config.latents_file = str(tmp_path / "other.npy")
+  with pytest.raises(run_settings.SettingsMismatchError, match="latents_file: .*codes.npy"):
+    inversion.run(config, workdir)
+
+
 # ------------------------------------------------------------------ projection
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from clip2protect_jax import align, image_io, pipeline, presets, tuning
+from clip2protect_jax import align, image_io, pipeline, presets, run_settings, tuning
 from clip2protect_jax.models import stylegan2
 from clip2protect_jax.models.lpips import LPIPS
 
@@ -112,6 +112,32 @@ def test_cumulative_tuning_split_into_batches_equals_one_sequence():
                          second.params.image(0), whole.params.image(2))
 
 
+def test_cumulative_resume_keeps_the_prefix_its_carry_follows():
+  ids = ["a", "b", "c", "d"]
+  assert pipeline.cumulative_resume(ids, [], None) == []
+  assert pipeline.cumulative_resume(ids, ["b", "a"], "b") == ["a", "b"]
+  # Stopped after writing c but before saving its carry: c is redone.
+  assert pipeline.cumulative_resume(ids, ["a", "b", "c"], "b") == ["a", "b"]
+  # Stopped in the first batch, before any carry was saved: everything is redone.
+  assert pipeline.cumulative_resume(ids, ["a"], None) == []
+  with pytest.raises(RuntimeError, match="face a is not done but later faces are"):
+    pipeline.cumulative_resume(ids, ["b", "c"], "c")   # a photo added before them
+  with pytest.raises(RuntimeError, match="saved after face c, but the finished faces end at b"):
+    pipeline.cumulative_resume(ids, ["a", "b"], "c")   # c's result deleted
+
+
+def test_photo_box_of_pre_aligned_photos_is_the_fr_box_scaled_to_the_photo():
+  """dlib's victim locates the face by this box; a pre-aligned photo's record box is the
+  whole photo, which gives dlib a descriptor of another face."""
+  c = load_config("protect", "tiny")   # 32 px generator
+  arrays = {"boxes": np.array([[0.0, 0.0, 100.0, 80.0]]),
+            "corners": np.array([[[0, 0], [0, 80], [100, 80], [100, 0]]], np.float32)}
+  box = np.array([8.0, 4.0, 24.0, 28.0])
+  assert pipeline.photo_box(c, arrays, 0, box) == [0.0, 0.0, 100.0, 80.0]   # aligned here
+  c.align.enabled = False
+  assert pipeline.photo_box(c, arrays, 0, box) == [25.0, 10.0, 75.0, 70.0]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   if not os.path.isdir(os.path.join(PHOTOS, "sources")):
@@ -170,12 +196,20 @@ def test_rerun_skips_and_one_face_alone_equals_the_batch(tiny_run):
   os.chdir(ROOT)
   try:
     assert pipeline.run(config, workdir)["faces_protected_now"] == 0
+    other = config.copy_and_resolve_references()
+    other.prompt = "purple eyeshadow"
+    with pytest.raises(run_settings.SettingsMismatchError,
+                       match="prompt: 'red lipstick' there, 'purple eyeshadow' now"):
+      pipeline.run(other, workdir)
     os.remove(os.path.join(workdir, "protect", "results", "biden.jpg_f0.json"))
-    shutil.rmtree(os.path.join(workdir, "protect", "photos"))
+    photo = os.path.join(workdir, "protect", "photos", "biden.jpg.png")
+    stale = np.zeros_like(image_io.read_rgb(photo))
+    image_io.write_png(photo, stale)   # a pasted-back photo older than its redone face
     metrics = pipeline.run(config, workdir)
   finally:
     os.chdir(cwd)
   assert metrics["faces_protected_now"] == 1
+  assert np.any(image_io.read_rgb(photo) != stale)   # rebuilt with the redone face
   after = read_result(workdir, "biden.jpg_f0")
   face_after = image_io.read_rgb(os.path.join(workdir, "protect", "faces", "biden.jpg_f0.png"))
   # Alone (padded batch) == in a batch with the astronaut: same keys, same noise, same steps.
@@ -197,6 +231,10 @@ def test_protect_settings_reject_bad_values():
   c = load_config("protect", "tiny")
   c.tune.max_resolution = 48
   with pytest.raises(ValueError, match="max_resolution"):
+    pipeline.tuning_settings(c)
+  c = load_config("protect", "tiny")
+  c.tune.steps = -1
+  with pytest.raises(ValueError, match="steps must be >= 0"):
     pipeline.tuning_settings(c)
 
 
@@ -227,13 +265,23 @@ def test_official_cumulative_run_resumes_with_its_carried_generator(tmp_path):
   try:
     run(both, tmp_path / "uninterrupted")
     run(first_only, tmp_path / "resumed")
-    with pytest.raises(RuntimeError, match="tune.max_resolution=8"):
-      run(both, tmp_path / "resumed", max_resolution=8)   # its Adam state has other leaves
+    with pytest.raises(run_settings.SettingsMismatchError,
+                       match="tune.max_resolution: 0 there, 8 now"):
+      run(both, tmp_path / "resumed", max_resolution=8)
+    carry = tmp_path / "resumed" / "protect" / "tune_carry"
+    shutil.copytree(carry, tmp_path / "carry_after_astronaut")
     assert run(both, tmp_path / "resumed")["faces_protected_now"] == 1
     results = {w: read_result(str(tmp_path / w), "biden.jpg_f0")
                for w in ("uninterrupted", "resumed")}
     faces = {w: image_io.read_rgb(str(tmp_path / w / "protect" / "faces" / "biden.jpg_f0.png"))
              for w in ("uninterrupted", "resumed")}
+    # A run stopped after writing biden but before saving its carry redoes biden.
+    shutil.rmtree(carry)
+    shutil.copytree(tmp_path / "carry_after_astronaut", carry)
+    assert run(both, tmp_path / "resumed")["faces_protected_now"] == 1
+    np.testing.assert_array_equal(
+        image_io.read_rgb(str(tmp_path / "resumed" / "protect" / "faces" / "biden.jpg_f0.png")),
+        faces["resumed"])
     os.remove(tmp_path / "resumed" / "protect" / "results" / "biden.jpg_f0.json")
     with pytest.raises(RuntimeError, match="sequence changed"):
       run(both, tmp_path / "resumed")   # the carry is the one saved after biden

@@ -51,6 +51,19 @@ def test_tuning_per_image_batched_equals_alone_and_fits(tuning_setup):
                          alone.params.image(0), result.params.image(1))
 
 
+@pytest.mark.parametrize("schedule", tuning.SCHEDULES)
+def test_zero_tuning_steps_leave_the_pretrained_generator(tuning_setup, schedule):
+  """tune.steps=0 (stage 2 on the pretrained generator): no losses, every image's tree is
+  the pretrained one."""
+  result = run_tuning(tuning_setup, tuning.TuningSettings(steps=0, schedule=schedule))
+  assert result.losses.shape == (0, 2)
+  for i in range(2 if result.per_image else 1):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, result.params.image(i),
+                           tuning_setup["gen_params"])
+  with pytest.raises(ValueError, match="steps must be >= 0"):
+    tuning.TuningSettings(steps=-1)
+
+
 def test_tuning_equals_adam_over_every_parameter(tuning_setup):
   """The official step: Adam over ALL generator params, the mapping network's included.
   Its gradients are exact zeros with a fixed W+, so Adam leaves it bit-identical and the

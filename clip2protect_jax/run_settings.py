@@ -1,0 +1,73 @@
+"""The settings a workdir's finished work was computed with, so that a rerun with other
+settings fails instead of mixing old results with new ones.
+
+Each resumable stage keeps `<stage folder>/<name>.json`: the config fields its results
+depend on (dotted names -> JSON values). A rerun compares them with its own config while
+the stage's results exist; fields that only change how fast or how it is reported (batch
+sizes of per-image work, the generator's graph choices, which all compute the same
+function, evaluation thresholds, the report) are left out by the callers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+from absl import logging
+
+from clip2protect_jax.image_io import atomic_write_json
+
+
+# The generator's graph choices: each computes the same function (README, "Fast pivotal
+# tuning"), so a resumed run may switch them.
+GRAPH_FIELDS = ("generator.upsample_impl", "generator.conv_impl", "generator.modulation")
+
+
+class SettingsMismatchError(RuntimeError):
+  """A workdir's finished results were computed with other settings than this run's."""
+
+
+def select(config, include: Iterable[str], exclude: Iterable[str] = ()) -> dict[str, Any]:
+  """{dotted field: JSON value} of config's leaves under `include` (field or section names),
+  less `exclude`. Tuples become lists, as JSON stores them."""
+  include, exclude = tuple(include), set(exclude)
+  flat: dict[str, Any] = {}
+
+  def walk(prefix: str, node: Any) -> None:
+    if isinstance(node, Mapping):
+      for k, v in node.items():
+        walk(f"{prefix}.{k}" if prefix else str(k), v)
+    else:
+      flat[prefix] = node
+
+  walk("", config.to_dict() if hasattr(config, "to_dict") else config)
+  picked = {k: v for k, v in flat.items() if k not in exclude
+            and any(k == p or k.startswith(p + ".") for p in include)}
+  return json.loads(json.dumps(picked))
+
+
+def check(path: str, settings: Mapping[str, Any], has_results: bool, what: str) -> None:
+  """Records `settings` at `path`, or raises SettingsMismatchError if `has_results` and the
+  recorded settings differ (every differing field listed). Without results the file is
+  rewritten: nothing computed with the old settings is reused. `what` names the results
+  ("the protected faces in workdir/protect") in messages."""
+  settings = json.loads(json.dumps(dict(settings)))
+  if has_results and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != settings:
+      show = lambda d, k: repr(d[k]) if k in d else "(not set)"
+      diffs = [f"{k}: {show(saved, k)} there, {show(settings, k)} now"
+               for k in sorted(set(saved) | set(settings))
+               if show(saved, k) != show(settings, k)]
+      raise SettingsMismatchError(
+          f"{what} were computed with other settings ({path}): " + "; ".join(diffs) +
+          ". Reusing them would mix two settings in one result. Use a new --workdir, rerun "
+          f"with the settings in {path}, or delete {os.path.dirname(path)} to recompute "
+          "this stage.")
+    return
+  if has_results:
+    logging.warning("%s have no settings record (%s; made by an older version): they are "
+                    "kept and assumed to match this run's settings, which are recorded now",
+                    what, path)
+  atomic_write_json(path, settings)
