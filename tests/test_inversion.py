@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip2protect_jax import align, inversion, projection
+from clip2protect_jax import align, inversion, projection, run_settings
 from clip2protect_jax.image_io import read_rgb
 from clip2protect_jax.models import stylegan2
 
@@ -161,7 +161,6 @@ def test_resume_refuses_other_photos_and_other_settings(tmp_path):
   """A rerun never reuses a face for another photo, or codes made with other settings: two
   photos of one key, a photo replaced under its name, and a changed alignment or encoding
   setting each fail with what differs. A changed photo that gave no face is re-aligned."""
-  from clip2protect_jax import run_settings
   root = tmp_path / "photos"
   os.makedirs(root)
   rng = np.random.default_rng(0)
@@ -192,7 +191,8 @@ def test_resume_refuses_other_photos_and_other_settings(tmp_path):
   workdir = str(tmp_path / "w2")
   inversion.run(config, workdir)
   config.align.output_size = 128
-  with pytest.raises(run_settings.SettingsMismatchError, match="align.output_size: 256 there, 128 now"):
+  with pytest.raises(run_settings.SettingsMismatchError,
+                     match="align.output_size: 256 there, 128 now"):
     inversion.run(config, workdir)
   config.align.output_size = 256
   config.generator.conv_impl = "xla"   # the same function: no mismatch

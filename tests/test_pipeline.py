@@ -241,8 +241,9 @@ def test_protect_settings_reject_bad_values():
 def test_official_cumulative_run_resumes_with_its_carried_generator(tmp_path):
   """Official preset (cumulative tuning), one face per batch. A run stopped after the first
   face and resumed with both gives the second face exactly what an uninterrupted run gives:
-  the carried generator comes back from protect/tune_carry. A stale carry, or one saved
-  with other tuned layers, fails loudly."""
+  the carried generator comes back from protect/tune_carry. A run stopped between writing
+  a face and saving its carry redoes that face; a carry ahead of the results, or other
+  tuned layers, fails loudly."""
   if not os.path.isdir(os.path.join(PHOTOS, "sources")):
     pytest.skip(f"example photos missing: run python tools/fetch_assets.py ({PHOTOS})")
   first_only, both = tmp_path / "first", tmp_path / "both"
