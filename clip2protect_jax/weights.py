@@ -137,9 +137,10 @@ def load_clip(preset: str, weights: str, key: jax.Array, dtype: Any = jnp.float3
   if weights == "random":
     return (model, model.init(key, *dummy),
             f"CLIP {preset}: RANDOM weights (seeded init): the makeup prompt has no effect")
-  _require_folder(weights, "CLIP", "Convert OpenAI's ViT-B-32.pt: python "
-                  f"tools/convert_checkpoint.py --kind=clip --input=PATH/ViT-B-32.pt "
-                  f"--output={weights}")
+  openai_file = preset.replace("/", "-").replace("@", "-") + ".pt"   # ViT-L-14-336px.pt
+  _require_folder(weights, "CLIP", f"Convert OpenAI's {openai_file}: python "
+                  f"tools/convert_checkpoint.py --kind=clip --clip_preset={preset} "
+                  f"--input=PATH/{openai_file} --output={weights}")
   meta = _check_kind(weights, "clip")
   if meta.get("clip_config") != dataclasses.asdict(PRESETS[preset]):
     raise ValueError(f"{weights} was converted for CLIP config {meta.get('clip_config')}, "
@@ -166,8 +167,10 @@ def load_lpips(weights: str, key: jax.Array, dtype: Any = jnp.float32):
         lambda p, v: jnp.abs(v) if "lin" in jax.tree_util.keystr(p) else v,
         jax.jit(model.init)(key, x, x))
     return model, variables, "RANDOM LPIPS (seeded init, |heads|): not a perceptual metric"
-  _require_folder(weights, "LPIPS", "An orbax folder holding {'params'} of models/lpips.LPIPS "
-                  "(convert/lpips.py from the lpips package's vgg.pth and torchvision's VGG16)")
+  _require_folder(weights, "LPIPS", "Convert torchvision's VGG16 weights with the lpips "
+                  "package's v0.1 heads: python tools/convert_checkpoint.py --kind=lpips "
+                  f"--input=PATH/vgg16-397923af.pth --output={weights}")
+  _check_kind(weights, "lpips")
   variables = {"params": checkpoints.restore(weights, jax.eval_shape(model.init, key, x, x)
                                              )["params"]}
   return model, variables, f"LPIPS {os.path.abspath(weights)}"

@@ -173,6 +173,7 @@ def test_convert_tool_face_kind(tmp_path):
        f"--input={pth}", f"--output={tmp_path / 'broken'}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "missing (1)" in proc.stderr
+  assert f"--input {pth} does not fit --kind=face" in proc.stderr
   assert not (tmp_path / "broken").exists()
 
 

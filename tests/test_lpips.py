@@ -106,6 +106,45 @@ def test_real_v01_heads_from_the_lpips_wheel(whole_sd):
   assert 0 < float(small[0]) < float(large[0])
 
 
+def test_convert_tool_lpips_kind(tmp_path):
+  """tools/convert_checkpoint.py --kind=lpips: torchvision VGG16 weights + the installed lpips
+  package's heads (or one whole lpips.LPIPS state_dict) -> a folder load_lpips restores."""
+  torch = pytest.importorskip("torch")
+  import subprocess
+  import sys
+  from clip2protect_jax import checkpoints, weights
+  rng = np.random.default_rng(0)
+  vgg = {k: rng.standard_normal(s).astype(np.float32) for k, s in convert.vgg_shapes().items()}
+  heads = {k: np.abs(rng.standard_normal(s)).astype(np.float32)
+           for k, s in convert.head_shapes().items()}
+  for name, sd in (("vgg16.pth", vgg), ("heads.pth", heads)):
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / name)
+  tool = [sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools",
+                                       "convert_checkpoint.py"), "--kind=lpips"]
+  proc = subprocess.run(tool + [f"--input={tmp_path / 'vgg16.pth'}", f"--lpips_heads="
+                                f"{tmp_path / 'heads.pth'}", f"--output={tmp_path / 'out'}"],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  model, variables, _ = weights.load_lpips(str(tmp_path / "out"), jax.random.key(0))
+  jax.tree.map(np.testing.assert_array_equal, variables, convert.convert_lpips(vgg, heads))
+  assert checkpoints.load_metadata(str(tmp_path / "out"))["kind"] == "lpips"
+  whole = {"scaling_layer.shift": np.reshape(LPIPS_SHIFT, (1, 3, 1, 1)),
+           "scaling_layer.scale": np.reshape(LPIPS_SCALE, (1, 3, 1, 1)), **heads,
+           **{k2: vgg[k1] for k1, k2 in zip(convert.vgg_shapes(),
+                                            convert.vgg_shapes(lambda s, i: f"net.slice{s}.{i}"))}}
+  torch.save({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in whole.items()},
+             tmp_path / "whole.pth")
+  proc = subprocess.run(tool + [f"--input={tmp_path / 'whole.pth'}",
+                                f"--output={tmp_path / 'out_whole'}"],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  jax.tree.map(np.testing.assert_allclose, weights.load_lpips(
+      str(tmp_path / "out_whole"), jax.random.key(0))[1], variables)
+  checkpoints.save(str(tmp_path / "other"), variables, {"kind": "clip"})
+  with pytest.raises(ValueError, match="holds a 'clip' checkpoint, not lpips"):
+    weights.load_lpips(str(tmp_path / "other"), jax.random.key(0))
+
+
 def test_bfloat16_trunk_close_to_the_official_float32_output(manifest):
   """LPIPS(dtype=bfloat16) (tune.lpips_dtype): the VGG trunk in bf16, normalisation and
   distance in float32; within 3e-2 of the official fp32 distances on the golden inputs,

@@ -17,6 +17,10 @@ Kinds:
              `model.safetensors` plus --hf_config=config.json. --clip_preset picks the size.
   e4e        encoder4editing `e4e_ffhq_encode.pt`: ckpt['state_dict'] ('encoder.*' keys)
              and ckpt['latent_avg'].
+  lpips      LPIPS-VGG (stage 1's loss, projection): torchvision's VGG16 weights
+             (`vgg16-397923af.pth`) as --input plus the lpips package's v0.1 heads
+             (`lpips/weights/v0.1/vgg.pth`; --lpips_heads, default: the installed lpips
+             package's file), or one whole `lpips.LPIPS(net='vgg')` state_dict as --input.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_enum("kind", None, ["stylegan2", "face", "clip", "e4e"],
+flags.DEFINE_enum("kind", None, ["stylegan2", "face", "clip", "e4e", "lpips"],
                   "Which network the checkpoint holds.", required=True)
 flags.DEFINE_string("input", None, "Path of the PyTorch checkpoint (.pt/.pth).",
                     required=True)
@@ -44,6 +48,8 @@ flags.DEFINE_string("name", None, "face: registry name (irse50, ir152, mobile_fa
 flags.DEFINE_string("clip_preset", "ViT-B/32", "clip: architecture preset.")
 flags.DEFINE_enum("clip_format", "openai", ["openai", "hf"], "clip: checkpoint format.")
 flags.DEFINE_string("hf_config", None, "clip, hf format: the model's config.json.")
+flags.DEFINE_string("lpips_heads", None, "lpips: the v0.1 linear heads (the lpips package's "
+                    "weights/v0.1/vgg.pth); default: the installed lpips package's file.")
 FLAGS = flags.FLAGS
 
 
@@ -130,8 +136,35 @@ def convert_e4e(source: str) -> tuple[dict, dict]:
   return tree, {"stylegan_size": tree.pop("stylegan_size")}
 
 
+def installed_lpips_heads() -> str:
+  """The lpips package's v0.1 VGG heads file, found without importing lpips (which needs
+  torchvision)."""
+  import importlib.util
+  spec = importlib.util.find_spec("lpips")
+  path = (os.path.join(spec.submodule_search_locations[0], "weights", "v0.1", "vgg.pth")
+          if spec and spec.submodule_search_locations else "")
+  if not os.path.isfile(path):
+    raise SystemExit("--kind=lpips: give --lpips_heads=PATH/vgg.pth, the lpips package's "
+                     "weights/v0.1/vgg.pth (pip install lpips==0.1.4 --no-deps, or "
+                     "github.com/richzhang/PerceptualSimilarity), or a whole "
+                     "lpips.LPIPS(net='vgg') state_dict as --input")
+  return path
+
+
+def convert_lpips(source: str) -> tuple[dict, dict]:
+  from clip2protect_jax.convert import lpips as convert
+  state_dict = load_torch_checkpoint(source)
+  if any(k.startswith("net.slice") for k in state_dict):   # a whole lpips.LPIPS state_dict
+    return convert.convert_lpips_state_dict(state_dict), {}
+  heads = FLAGS.lpips_heads or installed_lpips_heads()
+  if not os.path.isfile(heads):
+    raise SystemExit(f"--lpips_heads {heads}: no such file")
+  tree = convert.convert_lpips(state_dict, load_torch_checkpoint(heads))
+  return tree, {"heads": os.path.abspath(heads), "heads_sha256": sha256_of(heads)}
+
+
 CONVERTERS = {"stylegan2": convert_stylegan2, "face": convert_face, "clip": convert_clip,
-              "e4e": convert_e4e}
+              "e4e": convert_e4e, "lpips": convert_lpips}
 
 
 def main(argv):
@@ -141,7 +174,11 @@ def main(argv):
     raise SystemExit(f"--output {FLAGS.output} exists; remove it or choose another path.")
   if not os.path.isfile(FLAGS.input):
     raise SystemExit(f"--input {FLAGS.input}: no such file")
-  tree, meta = CONVERTERS[FLAGS.kind](FLAGS.input)
+  from clip2protect_jax.convert.common import WeightsMismatchError
+  try:
+    tree, meta = CONVERTERS[FLAGS.kind](FLAGS.input)
+  except WeightsMismatchError as e:
+    raise SystemExit(f"--input {FLAGS.input} does not fit --kind={FLAGS.kind}: {e}") from e
   meta.update(kind=FLAGS.kind, source=os.path.abspath(FLAGS.input),
               source_sha256=sha256_of(FLAGS.input), format_version=1)
   checkpoints.save(FLAGS.output, tree, meta)

@@ -28,8 +28,11 @@ def format_mismatch(source: str, missing: Iterable[str], unexpected: Iterable[st
 
 def check_state_dict(state_dict: Mapping[str, Any], expected_shapes: Mapping[str, tuple],
                      source: str, hint: str = "") -> None:
-  """Raises WeightsMismatchError unless `state_dict` has exactly the expected keys/shapes."""
-  missing = set(expected_shapes) - set(state_dict)
+  """Raises WeightsMismatchError unless `state_dict` has exactly the expected keys/shapes.
+  BatchNorm's `num_batches_tracked` counters may be absent: files saved before torch 0.4.1
+  have none, and torch's strict load_state_dict accepts that (their values are unused)."""
+  missing = {k for k in set(expected_shapes) - set(state_dict)
+             if not k.endswith(".num_batches_tracked")}
   unexpected = set(state_dict) - set(expected_shapes)
   misshaped = [(k, np.shape(state_dict[k]), tuple(expected_shapes[k]))
                for k in set(expected_shapes) & set(state_dict)

@@ -7,7 +7,7 @@ torch key of a Flax leaf is its path joined with dots plus the renamed leaf:
                               the models flatten in NCHW order before the Linear]
   .../bias                 <- <prefix>.bias
   BatchNorm scale/bias/mean/var <- <prefix>.weight/.bias/.running_mean/.running_var
-                              (+ <prefix>.num_batches_tracked, expected and dropped)
+                              (+ <prefix>.num_batches_tracked, optional and dropped)
   PReLU alpha              <- <prefix>.weight (C,)
 The expected key set and shapes come from `jax.eval_shape` of the module's init (the
 architecture), never from the input dict, and `check_state_dict` rejects any missing,
