@@ -51,6 +51,25 @@ def test_cli_rejects_misspelt_override():
   assert "sise" in proc.stderr
 
 
+def test_cli_comma_lists_become_tuples():
+  """README's `--config.fr.surrogates=irse50,facenet`: ml_collections parses it as the ONE
+  item 'irse50,facenet'; main splits it (numbers parse as tuples by themselves)."""
+  script = ("import sys; from absl import app; from clip2protect_jax import main\n"
+            "def show(argv):\n"
+            "  c = main._CONFIG.value; print('PARSED', c.fr.surrogates)\n"
+            "  main.split_comma_lists(c)\n"
+            "  print('SPLIT', c.fr.surrogates, c.fr.victims, c.protect.trainable_rows)\n"
+            "app.run(show)")
+  proc = subprocess.run(
+      [sys.executable, "-c", script, "--config=configs/protect.py:tiny", "--workdir=/tmp/x",
+       "--config.fr.surrogates=irse50, facenet", "--config.fr.victims=ir152",
+       "--config.protect.trainable_rows=8,9,10"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "PARSED ('irse50, facenet',)" in proc.stdout
+  assert "SPLIT ('irse50', 'facenet') ('ir152',) (8, 9, 10)" in proc.stdout
+
+
 def test_checkpoint_roundtrip_and_mismatch(tmp_path):
   tree = {"params": {"a": np.arange(6, dtype=np.float32).reshape(2, 3)},
           "noise": [np.ones((1, 4, 4, 1), np.float32)]}
