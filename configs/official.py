@@ -9,7 +9,8 @@ reproduced. Not a quirk, a precision: the official code runs CLIP in float16 on 
 here CLIP runs in float32 unless --config.clip.dtype=float16 (LayerNorm and softmax stay
 float32, as in OpenAI's fp16 model).
   python -m clip2protect_jax.main --config=configs/official.py --workdir=workdir/paper \
-      --config.photos=CelebA-HQ-1000/ --config.method=latents --config.latents_file=latents.pt
+      --config.photos=CelebA-HQ-1000/ --config.align.enabled=False \
+      --config.method=latents --config.latents_file=latents.pt
 CPU smoke run: --config=configs/official.py:tiny
 """
 from clip2protect_jax import presets

@@ -31,7 +31,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bash tools/gpu_benchmarks.sh OUT_DIR}
 mkdir -p "$out"
-py=${PYTHON:-python3}
+py=${PYTHON:-python3}   # the GPU machine's python; after README's setup: PYTHON=.venv/bin/python
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 # Shared by the parts: the model inits (17 s + 14 s of compiling on a CPU) compile once.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/c2p_jax_cache}

@@ -13,7 +13,7 @@ Two views, each timed for every batch size with one parameter copy PER IMAGE (vm
      blockdiag  batch folded into channels, ONE dense conv with a block-diagonal weight
                 (B x the FLOPs, dense kernels)
      einsum     im2col patches + a batched matmul per image
-and the upsampling conv + blur as one sub-pixel conv (--upsample_impl=subpixel's form).
+and the upsampling conv + blur as one sub-pixel conv (generator.upsample_impl=subpixel's form).
 Per-image time at batch B divided by the time at batch 1 says whether batching helps
 (< 1) or hurts (> 1).
 """
