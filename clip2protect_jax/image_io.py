@@ -2,6 +2,7 @@
 so an interrupted job never leaves a truncated file that a rerun would trust."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -29,6 +30,12 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def file_sha256(path: str) -> str:
+  """Hex sha256 of the file's bytes."""
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def atomic_savez(path: str, **arrays) -> None:

@@ -26,7 +26,6 @@ corners, valid) puts a protected face back into its photo.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -41,7 +40,7 @@ from absl import logging
 from PIL import Image
 
 from clip2protect_jax import align, image_io, run_settings
-from clip2protect_jax.image_io import atomic_savez, atomic_write_json
+from clip2protect_jax.image_io import atomic_savez, atomic_write_json, file_sha256
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SUBDIR = "invert"
@@ -121,11 +120,6 @@ def align_one_photo(path: str, key: str, cfg, out_dir: str) -> dict[str, Any]:
           "photo_size": [int(photo.shape[1]), int(photo.shape[0])]}
 
 
-def file_sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def same_photo(record: dict[str, Any], path: str) -> bool:
   """Whether the photo aligned in `record` is the file now at `path` (not a changed photo,
   or another folder's photo of the same name). Records of older versions have no sha256:
@@ -155,7 +149,7 @@ def align_stage(config, out_dir: str) -> tuple[list[dict[str, Any]], list[dict[s
   faces, errors, keys = [], [], {}   # keys: face key -> photo
   records_dir = os.path.join(out_dir, "faces")
   run_settings.check(os.path.join(out_dir, "align_settings.json"), align_settings(config),
-                     os.path.isdir(records_dir) and bool(os.listdir(records_dir)),
+                     run_settings.has_files(records_dir),
                      f"the aligned faces in {out_dir}")
   for path in list_photos(root):
     key = photo_key(path, root)

@@ -478,9 +478,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   check_inputs(config)
   t_start = time.perf_counter()
   out_dir = os.path.join(workdir, SUBDIR)
-  results_dir = os.path.dirname(result_path(out_dir, "_"))
   run_settings.check(os.path.join(out_dir, "settings.json"), result_settings(config),
-                     os.path.isdir(results_dir) and bool(os.listdir(results_dir)),
+                     run_settings.has_files(os.path.dirname(result_path(out_dir, "_"))),
                      f"the protected faces in {out_dir}")
   inv = inversion.run(config, workdir)
   arrays = inv["arrays"]

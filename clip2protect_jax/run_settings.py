@@ -14,6 +14,7 @@ import os
 from typing import Any, Iterable, Mapping
 
 from absl import logging
+from flax import traverse_util
 
 from clip2protect_jax.image_io import atomic_write_json
 
@@ -28,22 +29,18 @@ class SettingsMismatchError(RuntimeError):
 
 
 def select(config, include: Iterable[str], exclude: Iterable[str] = ()) -> dict[str, Any]:
-  """{dotted field: JSON value} of config's leaves under `include` (field or section names),
-  less `exclude`. Tuples become lists, as JSON stores them."""
+  """{dotted field: value} of config's leaves under `include` (field or section names), less
+  `exclude`."""
   include, exclude = tuple(include), set(exclude)
-  flat: dict[str, Any] = {}
+  flat = traverse_util.flatten_dict(
+      config.to_dict() if hasattr(config, "to_dict") else dict(config), sep=".")
+  return {k: v for k, v in flat.items() if k not in exclude
+          and any(k == p or k.startswith(p + ".") for p in include)}
 
-  def walk(prefix: str, node: Any) -> None:
-    if isinstance(node, Mapping):
-      for k, v in node.items():
-        walk(f"{prefix}.{k}" if prefix else str(k), v)
-    else:
-      flat[prefix] = node
 
-  walk("", config.to_dict() if hasattr(config, "to_dict") else config)
-  picked = {k: v for k, v in flat.items() if k not in exclude
-            and any(k == p or k.startswith(p + ".") for p in include)}
-  return json.loads(json.dumps(picked))
+def has_files(folder: str) -> bool:
+  """Whether `folder` exists and holds anything (a stage's finished results)."""
+  return os.path.isdir(folder) and bool(os.listdir(folder))
 
 
 def check(path: str, settings: Mapping[str, Any], has_results: bool, what: str) -> None:
@@ -51,7 +48,7 @@ def check(path: str, settings: Mapping[str, Any], has_results: bool, what: str) 
   recorded settings differ (every differing field listed). Without results the file is
   rewritten: nothing computed with the old settings is reused. `what` names the results
   ("the protected faces in workdir/protect") in messages."""
-  settings = json.loads(json.dumps(dict(settings)))
+  settings = json.loads(json.dumps(dict(settings)))   # as JSON stores it: tuples -> lists
   if has_results and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)

@@ -25,13 +25,14 @@ Kinds:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+
+from clip2protect_jax.image_io import file_sha256  # noqa: E402
 
 flags.DEFINE_enum("kind", None, ["stylegan2", "face", "clip", "e4e", "lpips"],
                   "Which network the checkpoint holds.", required=True)
@@ -51,14 +52,6 @@ flags.DEFINE_string("hf_config", None, "clip, hf format: the model's config.json
 flags.DEFINE_string("lpips_heads", None, "lpips: the v0.1 linear heads (the lpips package's "
                     "weights/v0.1/vgg.pth); default: the installed lpips package's file.")
 FLAGS = flags.FLAGS
-
-
-def sha256_of(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def load_torch_checkpoint(path: str) -> dict:
@@ -160,7 +153,7 @@ def convert_lpips(source: str) -> tuple[dict, dict]:
   if not os.path.isfile(heads):
     raise SystemExit(f"--lpips_heads {heads}: no such file")
   tree = convert.convert_lpips(state_dict, load_torch_checkpoint(heads))
-  return tree, {"heads": os.path.abspath(heads), "heads_sha256": sha256_of(heads)}
+  return tree, {"heads": os.path.abspath(heads), "heads_sha256": file_sha256(heads)}
 
 
 CONVERTERS = {"stylegan2": convert_stylegan2, "face": convert_face, "clip": convert_clip,
@@ -180,7 +173,7 @@ def main(argv):
   except WeightsMismatchError as e:
     raise SystemExit(f"--input {FLAGS.input} does not fit --kind={FLAGS.kind}: {e}") from e
   meta.update(kind=FLAGS.kind, source=os.path.abspath(FLAGS.input),
-              source_sha256=sha256_of(FLAGS.input), format_version=1)
+              source_sha256=file_sha256(FLAGS.input), format_version=1)
   checkpoints.save(FLAGS.output, tree, meta)
   print(f"wrote {FLAGS.output} ({FLAGS.kind}, source sha256 {meta['source_sha256']})")
 
