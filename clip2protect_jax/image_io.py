@@ -71,10 +71,28 @@ def write_png(path: str, image_u8: np.ndarray) -> None:
 
 
 def read_rgb(path: str) -> np.ndarray:
-  """Reads an image file as uint8 [H, W, 3] (RGB); clear error if it cannot be decoded."""
+  """Reads an image file as uint8 [H, W, 3] (RGB), pixels as stored (EXIF orientation is
+  not applied, nor by the official code; alpha is dropped); 16-bit greyscale keeps its high
+  byte. Clear error if it cannot be decoded."""
   try:
     with Image.open(path) as im:
+      if im.mode.startswith("I"):   # 16-bit greyscale (I;16*, or I from older decoders)
+        grey = np.asarray(im).astype(np.int64)
+        if grey.min() < 0 or grey.max() > 65535:
+          raise ValueError(f"mode {im.mode} with values {grey.min()}..{grey.max()}")
+        return np.repeat((grey >> 8).astype(np.uint8)[..., None], 3, axis=2)
+      if im.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no fixed range")
       return np.asarray(im.convert("RGB"))
   except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: cannot read as an image ({e}); expected a PNG or JPEG "
-                     "photo.") from e
+    raise ValueError(f"{path}: cannot read as an image ({e}); expected an 8- or 16-bit PNG "
+                     "or a JPEG photo.") from e
+
+
+def exif_orientation(path: str) -> int:
+  """The file's EXIF orientation tag (1 = as stored; 3, 6, 8: shown rotated by viewers)."""
+  try:
+    with Image.open(path) as im:
+      return int(im.getexif().get(0x0112, 1))
+  except (OSError, ValueError):
+    return 1

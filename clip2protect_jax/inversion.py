@@ -96,6 +96,10 @@ def align_one_photo(path: str, key: str, cfg, out_dir: str) -> dict[str, Any]:
   try:
     photo = align.check_photo(image_io.read_rgb(path), path)
     if not cfg.enabled:
+      if photo.shape[0] != photo.shape[1]:
+        logging.warning("%s: %dx%d is not square, so not an FFHQ-aligned face; taken as "
+                        "aligned (align.enabled=False), it is stretched to %d x %d", path,
+                        photo.shape[1], photo.shape[0], cfg.output_size, cfg.output_size)
       image, rec = _pre_aligned(photo, cfg.output_size)
       faces = [(rec, image)]
     else:
@@ -108,7 +112,12 @@ def align_one_photo(path: str, key: str, cfg, out_dir: str) -> dict[str, Any]:
                        "corners": aligned.corners, "valid": aligned.valid,
                        "at_border": det.at_border(photo.shape)}, aligned.image))
   except (align.FaceAlignmentError, ValueError) as e:
-    return {"source": path, "sha256": file_sha256(path), "error": str(e), "faces": []}
+    error, orientation = str(e), image_io.exif_orientation(path)
+    if orientation != 1:
+      error += (f" (Its EXIF orientation tag is {orientation}: viewers show it rotated, but"
+                " its pixels are read as stored, as the official code reads them; rotate the"
+                " file's pixels first, e.g. PIL.ImageOps.exif_transpose.)")
+    return {"source": path, "sha256": file_sha256(path), "error": error, "faces": []}
   records = []
   for rec, image in faces:
     fid = face_id(key, rec["face_index"])

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from PIL import Image
 
 from clip2protect_jax import (align, checkpoints, evaluation, fr_align, image_io, inversion,
                               protect, report, run_settings, tuning)
@@ -104,6 +105,10 @@ def check_inputs(config) -> None:
           "photos from AMT-GAN's release (see checkpoints/README.md); any photo of the target "
           "identity works (set crop=() to use its dlib face box). Example photos: "
           "python tools/fetch_assets.py.")
+  for photo, crop in (("photo", "crop"), ("eval_photo", "eval_crop")):
+    if config.target[crop]:
+      with Image.open(config.target[photo]) as im:
+        check_crop(config.target[crop], (im.height, im.width), config.target[photo])
   if config.align.enabled and config.align.output_size != config.generator.size:
     logging.warning("config.align.output_size=%d differs from the generator's %d: aligned "
                     "faces are resized (PIL bilinear) for tuning", config.align.output_size,
@@ -139,14 +144,28 @@ def read_target(path: str, crop: Sequence[int], upsample: int, aligned_names: Se
   return crop01, aligned, (c0, r0, c1, r1)
 
 
+def check_crop(crop: Sequence[int], shape: Sequence[int], path: str
+               ) -> tuple[int, int, int, int]:
+  """(r0, r1, c0, c1) of a target crop that lies inside a photo of shape (H, W)."""
+  if len(crop) != 4:
+    raise ValueError(f"target crop for {path} must be (row0, row1, col0, col1), got {crop}")
+  r0, r1, c0, c1 = (int(v) for v in crop)
+  h, w = shape
+  if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w):
+    raise ValueError(
+        f"target crop (row0, row1, col0, col1) = {(r0, r1, c0, c1)} does not lie inside "
+        f"{path} ({h} rows x {w} columns). The default crops are those of the paper's "
+        "CelebA-HQ target photos: for another photo set its crop, or crop=() to use its "
+        "largest dlib face box.")
+  return r0, r1, c0, c1
+
+
 def read_target_crop(photo: np.ndarray, path: str, crop: Sequence[int], upsample: int
                      ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
   """([h, w, 3] float32 in [0, 1], (r0, r1, c0, c1)): photo[r0:r1, c0:c1], or its largest
   dlib face box."""
   if crop:
-    if len(crop) != 4:
-      raise ValueError(f"target crop for {path} must be (row0, row1, col0, col1), got {crop}")
-    r0, r1, c0, c1 = (int(v) for v in crop)
+    r0, r1, c0, c1 = check_crop(crop, photo.shape[:2], path)
   else:
     try:
       l, t, r, b = align.largest_face_box(photo, upsample, path)

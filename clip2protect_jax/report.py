@@ -26,10 +26,11 @@ figure{display:inline-block;margin:0 6px 0 0;text-align:center;font-size:12px}""
 
 def _data_uri(image_u8: np.ndarray, size: int) -> str:
   img = Image.fromarray(image_u8)
-  img.thumbnail((size, size), Image.Resampling.LANCZOS if img.width > size
-                else Image.Resampling.NEAREST)
-  if img.width < size:  # small (e.g. 64 px demo) faces: enlarge without smoothing
-    scale = size // img.width
+  longest = max(img.size)
+  if longest > size:
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+  elif longest < size:  # small (e.g. 64 px demo) faces: enlarge without smoothing
+    scale = size // longest
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
   buf = io.BytesIO()
   img.save(buf, format="PNG")
@@ -70,9 +71,12 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
           "<th class=l>FAR / threshold</th><th>impersonation PSR</th><th>dodging PSR</th></tr>"]
   for name, entry in metrics.get("models", {}).items():
     for kind, by in entry["by_image"].items():
-      rates = by.get("far") or by.get("distance")
-      for far, r in rates.items():
-        label = f"FAR {far} (thr {r['threshold']:.4f})" if "far" in by else f"dist {far}"
+      # dlib (by["distance"]: its documented operating point) matches below a distance.
+      match = "dist &lt;" if "distance" in by else "cos &gt;"
+      labelled = [(f"dist &lt; {v} (documented)", r) for v, r in by.get("distance", {}).items()]
+      labelled += [(f"FAR {far} ({match} {r['threshold']:.4f})", r)
+                   for far, r in by.get("far", {}).items()]
+      for label, r in labelled:
         rows.append(f"<tr><td class=l>{html.escape(name)}</td><td class=l>"
                     f"{html.escape(entry['role'].split(' ')[0])}</td><td class=l>{kind}</td>"
                     f"<td class=l>{label}</td><td>{100 * r['impersonation_psr']:.1f}%</td>"

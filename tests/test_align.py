@@ -159,7 +159,7 @@ def dlib_ready():
   pytest.importorskip("dlib")
   try:
     align.dlib_models()
-  except align.FaceAlignmentError as e:
+  except align.MissingModelError as e:
     pytest.skip(str(e))
 
 
@@ -195,3 +195,35 @@ def test_detection_several_faces_border_and_no_face(dlib_ready, img14):
     align.align_photo(np.full((200, 200, 3), 128, np.uint8), source="flat.png")
   with pytest.raises(align.FaceAlignmentError, match="tiny.png: image is 16x16"):
     align.align_photo(np.zeros((16, 16, 3), np.uint8), source="tiny.png")
+
+
+def test_16_bit_greyscale_photos_are_read_and_detected_at_their_high_byte(
+    dlib_ready, img14, tmp_path):
+  photo, _, _ = img14
+  grey8 = np.asarray(Image.fromarray(photo).convert("L"))
+  path = str(tmp_path / "grey16.png")
+  Image.fromarray(grey8.astype(np.uint16) * 257).save(path)   # a 16-bit greyscale PNG
+  assert Image.open(path).mode.startswith("I")
+  pixels = read_rgb(path)
+  np.testing.assert_array_equal(pixels, np.repeat(grey8[..., None], 3, axis=2))
+  detect_on = align.read_for_detection(path, pixels)
+  np.testing.assert_array_equal(detect_on, pixels)   # not dlib's decode, clipped to white
+  [(_, det, _)] = align.align_photo(pixels, source=path, detect_on=detect_on)
+  assert det.area > 100 * 100
+  Image.fromarray(grey8.astype(np.float32)).save(str(tmp_path / "float.tiff"))
+  with pytest.raises(ValueError, match=r"float.tiff: cannot read .*mode F"):
+    read_rgb(str(tmp_path / "float.tiff"))
+
+
+def test_no_face_error_names_a_rotating_exif_tag(dlib_ready, tmp_path):
+  import ml_collections
+
+  from clip2protect_jax import inversion
+  exif = Image.Exif()
+  exif[0x0112] = 6   # "rotate 90 degrees to display": a phone held upright
+  path = str(tmp_path / "phone.jpg")
+  Image.fromarray(np.full((120, 120, 3), 90, np.uint8)).save(path, exif=exif)
+  config = ml_collections.ConfigDict(dict(enabled=True, face_policy="largest",
+                                          output_size=64, upsample=1))
+  record = inversion.align_one_photo(path, "phone.jpg", config, str(tmp_path))
+  assert "EXIF orientation tag is 6" in record["error"] and record["faces"] == []

@@ -1,4 +1,4 @@
-"""Pixel PGD baseline and the transfer benchmark's photo choice."""
+"""Pixel PGD baseline and the transfer benchmark's photo choice and source links."""
 from __future__ import annotations
 
 import os
@@ -54,3 +54,11 @@ def test_transfer_benchmark_chooses_distinct_target_photos_and_skips_without_pho
                        capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 0 and "skipped" in out.stdout
   assert not np.any([p.name == "w" for p in tmp_path.iterdir()])
+  folder = str(tmp_path / "w" / "sources")   # a rerun with fewer sources attacks only those
+  transfer_benchmark.link_sources(folder, str(tmp_path), ["img3.jpg", "img5.jpg"])
+  transfer_benchmark.link_sources(folder, str(tmp_path), ["img5.jpg"])
+  assert os.listdir(folder) == ["img5.jpg"]
+  assert os.readlink(os.path.join(folder, "img5.jpg")) == str(tmp_path / "img5.jpg")
+  (tmp_path / "w" / "sources" / "mine.jpg").write_text("")
+  with pytest.raises(SystemExit, match="not a link"):
+    transfer_benchmark.link_sources(folder, str(tmp_path), ["img5.jpg"])

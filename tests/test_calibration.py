@@ -31,6 +31,9 @@ def test_threshold_at_far_counts_false_accepts_and_bounds_them():
   few = calibration.threshold_at_far(impostor[:500], genuine, 0.001)  # floor(0.5) = 0
   assert few.false_accepts == 0 and few.value == pytest.approx(impostor[499])
   assert few.ci95[0] == 0.0 and few.ci95[1] > 0.005   # 0 of 500 says little about 0.001
+  for not_a_rate in (-0.01, 1.0, 10.0):   # e.g. 1 meaning 1%: would return a wrong value
+    with pytest.raises(ValueError, match="not a rate"):
+      calibration.threshold_at_far(impostor, genuine, not_a_rate)
 
 
 def test_dlib_scores_are_negative_distances():

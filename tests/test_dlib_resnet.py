@@ -62,7 +62,7 @@ def faces(params):
   from clip2protect_jax import align
   try:
     align.dlib_descriptor_models()
-  except align.FaceAlignmentError as e:
+  except align.MissingModelError as e:
     pytest.skip(f"dlib model files missing: {e}")
   paths = dict(PHOTOS)
   if os.path.isdir(DEEPFACE):

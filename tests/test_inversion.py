@@ -47,7 +47,7 @@ def photo_dir(tmp_path_factory):
   pytest.importorskip("dlib")
   try:
     align.dlib_models()
-  except align.FaceAlignmentError as e:
+  except align.MissingModelError as e:
     pytest.skip(str(e))
   root = tmp_path_factory.mktemp("photos")
   if not os.path.isdir(ALIGN_GOLDEN):
@@ -137,6 +137,27 @@ def test_invert_job_errors(photo_dir, tmp_path):
   config.photos = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="no such file or folder"):
     inversion.run(config, str(tmp_path / "w4"))
+
+
+def test_missing_dlib_stops_the_job_and_is_not_recorded_as_the_photos_fault(
+    photo_dir, tmp_path, monkeypatch):
+  root, _ = photo_dir
+  config = _config("latents")
+  config.photos = root
+  config.latents_file = str(tmp_path / "two.npy")
+  np.save(config.latents_file, np.zeros((2, 18, 512), np.float32))
+  workdir = str(tmp_path / "w")
+
+  def not_installed():
+    raise align.MissingModelError("face detection needs `pip install dlib-bin`")
+
+  with monkeypatch.context() as m:
+    m.setattr(align, "dlib_models", not_installed)
+    with pytest.raises(align.MissingModelError, match="dlib-bin"):   # on_error=skip too
+      inversion.run(config, workdir)
+  faces = os.path.join(workdir, "invert", "faces")
+  assert not (os.path.isdir(faces) and os.listdir(faces))   # no photo record written
+  assert inversion.run(config, workdir)["n_faces"] == 2   # installed: every photo aligns
 
 
 @needs_photos

@@ -7,6 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from clip2protect_jax import align, image_io, pipeline, presets, run_settings, tuning
 from clip2protect_jax.models import stylegan2
@@ -72,6 +73,11 @@ def test_config_errors_are_specific(tmp_path):
   c = load_config("protect", "tiny")
   c.target.photo = str(tmp_path / "missing.jpg")
   with pytest.raises(FileNotFoundError, match="config.target.photo"):
+    pipeline.check_inputs(c)
+  c = load_config("protect", "tiny")   # a crop cut by the photo's edge (numpy would clip)
+  with Image.open(c.target.photo) as im:
+    c.target.crop = (0, im.height + 1, 0, im.width)
+  with pytest.raises(ValueError, match=r"does not lie inside .*obama.jpg \(\d+ rows"):
     pipeline.check_inputs(c)
 
 

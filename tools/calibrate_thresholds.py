@@ -56,6 +56,14 @@ def main(argv):
   if missing:
     raise SystemExit(f"labelled photos missing from {FLAGS.photos}: {missing[:10]}")
   genuine, impostor = calibration.all_pairs(ident)
+  if not genuine or not impostor:
+    raise SystemExit(f"{len(genuine)} genuine and {len(impostor)} impostor pairs in the "
+                     f"labels of {FLAGS.photos}: calibration needs both, i.e. at least two "
+                     "identities with two or more labelled photos each")
+  fars = [float(f) for f in FLAGS.fars]
+  if not all(0 <= f < 1 for f in fars):
+    raise SystemExit(f"--fars={','.join(FLAGS.fars)}: each must be a rate in [0, 1) "
+                     "(1% is 0.01)")
   files = sorted({f for pair in genuine + impostor for f in pair})
   n_ids = len({ident[f] for f in files})
   print(f"{len(files)} photos, {n_ids} identities, {len(genuine)} genuine and "
@@ -73,7 +81,6 @@ def main(argv):
   emb = calibration.embed_photos(FLAGS.models, params,
                                  {f: os.path.join(FLAGS.photos, f) for f in files})
 
-  fars = [float(f) for f in FLAGS.fars]
   command = "python tools/calibrate_thresholds.py " + " ".join(sys.argv[1:])
   entries = {}
   print("\n| model | FAR | threshold | false accepts / impostor pairs | 95% CI of FAR | TAR |"
@@ -113,6 +120,11 @@ def main(argv):
       json.dump(data, f, indent=1, sort_keys=True)
     os.replace(path + ".tmp", path)
     print(f"\nwrote {path}")
+    kept = [n for n in entries if n != calibration.DLIB
+            and registry.get(n).threshold_source == registry.AMT_GAN_THRESHOLDS]
+    if kept:
+      print(f"note: {', '.join(kept)} keep {registry.AMT_GAN_THRESHOLDS}, as the paper's "
+            "numbers do; their values written here are for reference only")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,22 @@ def choose_photos(folder: str, target: str, max_sources: int):
   return opt, ev, sources[:max_sources]
 
 
+def link_sources(folder: str, photos: str, sources: list[str]) -> str:
+  """folder holding links to exactly these source files of `photos` (links of an earlier
+  run's other sources are removed: both methods attack every file in it)."""
+  os.makedirs(folder, exist_ok=True)
+  for f in os.listdir(folder):
+    path = os.path.join(folder, f)
+    if not os.path.islink(path):
+      raise SystemExit(f"{path} is not a link this tool made; move it out of {folder}")
+    if f not in sources:
+      os.remove(path)
+  for f in sources:
+    if not os.path.lexists(os.path.join(folder, f)):
+      os.symlink(os.path.abspath(os.path.join(photos, f)), os.path.join(folder, f))
+  return folder
+
+
 def _natural(name: str):
   import re
   return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
@@ -119,7 +135,7 @@ def run_pgd(base, root, photos_dir, target, evaluation, surrogates, victim, fr_p
   size = FLAGS.pgd_size
   names = tuple(surrogates) + (victim,)
   params = {m: fr_params[m] for m in names}
-  sources = sorted(glob.glob(os.path.join(photos_dir, "*")))
+  sources = sorted(os.path.join(photos_dir, f) for f in os.listdir(photos_dir))
   faces, photos, photo_boxes, boxes = [], [], [], []
   for path in sources:
     photo = image_io.read_rgb(path)
@@ -177,12 +193,12 @@ def run_pgd(base, root, photos_dir, target, evaluation, surrogates, victim, fr_p
   return metrics
 
 
-def latent_psnr(protect_dir: str) -> dict[str, float]:
-  """Mean PSNR (dB) to the original aligned face: image kind -> value."""
+def latent_psnr(protect_dir: str, face_ids: list[str]) -> dict[str, float]:
+  """Mean PSNR (dB) of these faces to their original aligned face: image kind -> value."""
   import numpy as np
   values: dict[str, list[float]] = {"reconstruction": [], "protected": []}
-  for path in glob.glob(os.path.join(protect_dir, "results", "*.json")):
-    with open(path) as f:
+  for fid in face_ids:
+    with open(os.path.join(protect_dir, "results", fid + ".json")) as f:
       psnr = json.load(f)["psnr"]
     values["reconstruction"].append(psnr["reconstruction_vs_original"])
     values["protected"].append(psnr["protected_vs_original"])
@@ -207,13 +223,10 @@ def mean_lpips(pairs: list[tuple[object, object]], weights: str) -> float | None
                         for a, b in pairs]))
 
 
-def latent_lpips(workdir: str, weights: str) -> float | None:
+def latent_lpips(workdir: str, face_ids: list[str], weights: str) -> float | None:
   from clip2protect_jax import image_io
-  pairs = []
-  for path in sorted(glob.glob(os.path.join(workdir, "protect", "faces", "*.png"))):
-    fid = os.path.splitext(os.path.basename(path))[0]
-    pairs.append((image_io.read_rgb(os.path.join(workdir, "invert", "aligned", fid + ".png")),
-                  image_io.read_rgb(path)))
+  pairs = [tuple(image_io.read_rgb(os.path.join(workdir, stage, fid + ".png"))
+                 for stage in ("invert/aligned", "protect/faces")) for fid in face_ids]
   return mean_lpips(pairs, weights) if pairs else None
 
 
@@ -255,12 +268,7 @@ def main(argv):
 
   target, evaluation, sources = choose_photos(FLAGS.photos, FLAGS.target, FLAGS.max_sources)
   root = os.path.abspath(FLAGS.workdir)
-  photos_dir = os.path.join(root, "sources")
-  os.makedirs(photos_dir, exist_ok=True)
-  for f in sources:
-    link = os.path.join(photos_dir, f)
-    if not os.path.lexists(link):
-      os.symlink(os.path.abspath(os.path.join(FLAGS.photos, f)), link)
+  photos_dir = link_sources(os.path.join(root, "sources"), FLAGS.photos, sources)
   target = os.path.abspath(os.path.join(FLAGS.photos, target))
   evaluation = os.path.abspath(os.path.join(FLAGS.photos, evaluation))
   print(f"target {os.path.basename(target)} (evaluated on {os.path.basename(evaluation)}), "
@@ -281,8 +289,9 @@ def main(argv):
     if "latent" in FLAGS.methods:
       m = run_latent(_CONFIG.value, root, photos_dir, target, evaluation, surrogates, victim)
       latent_dir = os.path.join(root, f"latent_without_{victim}")
-      lines += table_rows("latent", victim, m, latent_psnr(os.path.join(latent_dir, "protect")),
-                          fars, latent_lpips(latent_dir, lpips_weights))
+      lines += table_rows("latent", victim, m,
+                          latent_psnr(os.path.join(latent_dir, "protect"), m["face_ids"]),
+                          fars, latent_lpips(latent_dir, m["face_ids"], lpips_weights))
     if "pgd" in FLAGS.methods:
       m = run_pgd(_CONFIG.value, root, photos_dir, target, evaluation, surrogates, victim,
                   fr_params)

@@ -37,6 +37,11 @@ from clip2protect_jax.models.face.ir152 import IR152
 from clip2protect_jax.models.face.irse import IRSE50, MobileFaceNet
 
 
+# The paper's four models keep these; calibrated values (data/fr_thresholds.json) are read
+# for the TF.js models only.
+AMT_GAN_THRESHOLDS = "AMT-GAN's released thresholds (REFERENCE.md section 6)"
+
+
 @dataclasses.dataclass(frozen=True)
 class FRModel:
   """Everything the pipeline needs to know about one face-recognition model."""
@@ -53,7 +58,7 @@ class FRModel:
   alignment: str = "box"                  # "box" or one of fr_align.ALIGNMENTS
   weights_subdir: str = ""                # folder under config.fr.weights_dir ("" = name)
   load_folder: Callable[[str], Any] | None = None  # folder of fetched files -> params
-  threshold_source: str = "AMT-GAN's released thresholds (REFERENCE.md section 6)"
+  threshold_source: str = AMT_GAN_THRESHOLDS
 
   def module(self, dtype: Any = jnp.float32) -> nn.Module:
     return self.make(dtype=dtype)
