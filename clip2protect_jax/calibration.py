@@ -1,4 +1,4 @@
-"""Labelled face photos: identities from pair labels, photo embeddings, FAR thresholds.
+"""Labelled face photos: identities from pair labels, pair scores, FAR thresholds.
 
 Used by tools/calibrate_thresholds.py (thresholds at FAR 0.1 / 0.01 / 0.001 from impostor
 pairs) and tools/transfer_benchmark.py (source/target identities). Scores are similarities:
@@ -11,16 +11,12 @@ import csv
 import dataclasses
 import itertools
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from clip2protect_jax import evaluation, image_io, pipeline, protect
-from clip2protect_jax.models.face import registry
-
-DLIB = "dlib"   # dlib's C++ descriptor (black box): score = -euclidean distance
+from clip2protect_jax.evaluation import DLIB  # the C++ descriptor: score = -distance
 
 
 # ------------------------------------------------------------------ labels
@@ -107,24 +103,7 @@ def threshold_at_far(impostor: np.ndarray, genuine: np.ndarray, far: float) -> T
   return Threshold(far, value, fa, n, (lo, hi), tar)
 
 
-# ------------------------------------------------------------------ embeddings of photos
-
-def embed_photos(names: Sequence[str], params: Mapping[str, Any], photos: Mapping[str, str],
-                 upsample: int = 1) -> dict[str, dict[str, np.ndarray]]:
-  """model (or DLIB) -> file -> embedding [D] of the largest face of each photo, fed as the
-  pipeline feeds a target photo (pipeline.read_target, protect.target_embeddings)."""
-  nets = tuple(n for n in names if n != DLIB)
-  out: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
-  for file, path in photos.items():
-    crop01, aligned, box = pipeline.read_target(path, (), upsample,
-                                                registry.aligned_models(nets))
-    emb = protect.target_embeddings(nets, params, jnp.asarray(crop01), aligned)
-    for n in nets:
-      out[n][file] = np.asarray(emb[n])
-    if DLIB in names:
-      out[DLIB][file] = evaluation.dlib_descriptor(image_io.read_rgb(path), box)
-  return out
-
+# ------------------------------------------------------------------ scores
 
 def pair_scores(name: str, emb: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]]
                 ) -> np.ndarray:

@@ -7,7 +7,8 @@ protected face pasted back, as a third party would.
 
 PSR (protection success rate): impersonation = share of faces whose similarity to the
 target's EVALUATION photo passes the victim's threshold at a FAR; dodging = share whose
-similarity to the source (the original photo) falls below it.
+similarity to the source falls below it: to another photo of the source's person
+(config.evaluate.source_references, as the paper measures it), else to the original photo.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ IMAGE_KINDS = ("original", "reconstruction", "protected")
 # dlib's documented operating point: same person when the descriptor distance < 0.6
 # (99.38% on LFW). Thresholds at calibrated FARs are the subject of tools/calibrate_*.
 DLIB_DISTANCE_THRESHOLD = 0.6
+DLIB = "dlib"   # the C++ descriptor's name in metrics and calibration (not a registry model)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,23 +44,25 @@ def _embed_fn(name: str):
 
 
 def fr_similarities(fr_params: Mapping[str, Any], images: Mapping[str, np.ndarray],
-                    crops: Mapping[str, np.ndarray], target_eval_emb: Mapping[str, np.ndarray]
+                    crops: Mapping[str, np.ndarray], target_eval_emb: Mapping[str, np.ndarray],
+                    source_emb: Mapping[str, np.ndarray] | None = None
                     ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
   """model -> {"target" | "source": {image kind: cos [n]}}.
 
-  images: kind -> [n, H, W, 3] in [0, 1] ("original" must be present: it is the source
-  reference); crops: "box" -> [n, 4] in those pixels, aligned model -> [n, 2, 3] warps (see
-  protect.fr_embeddings); target_eval_emb: model -> [D].
+  images: kind -> [n, H, W, 3] in [0, 1] ("original" must be present); crops: "box" ->
+  [n, 4] in those pixels, aligned model -> [n, 2, 3] warps (see protect.fr_embeddings);
+  target_eval_emb: model -> [D]; source_emb: model -> [n, D], each face's dodging
+  reference (another photo of its person), or None: the original image is the reference.
   """
   out = {}
   for name, params in fr_params.items():
     mine = {k: jnp.asarray(v) for k, v in crops.items() if k in ("box", name)}
     emb = {k: _embed_fn(name)(params, jnp.asarray(v), mine) for k, v in images.items()}
+    source = emb["original"] if source_emb is None else jnp.asarray(source_emb[name])
     out[name] = {
         "target": {k: np.asarray(registry.cosine_similarity(e, target_eval_emb[name][None]))
                    for k, e in emb.items()},
-        "source": {k: np.asarray(registry.cosine_similarity(e, emb["original"]))
-                   for k, e in emb.items()},
+        "source": {k: np.asarray(registry.cosine_similarity(e, source)) for k, e in emb.items()},
     }
   return out
 
@@ -76,13 +80,17 @@ def dlib_descriptor(photo: np.ndarray, box: Sequence[float]) -> np.ndarray:
 
 def dlib_victim(workdir: str, records: Sequence[dict[str, Any]], photos: Mapping[str, str],
                 config) -> dict[str, Any]:
-  """dlib descriptor distances to the target's evaluation photo and to the original photo,
-  for the original photo, the reconstruction pasted back (what the generator alone does to
-  the face) and the protected photo. The face is located by its original detection box, so
-  the victim is measured on recognition, not detection."""
-  target = image_io.read_rgb(config.target.eval_photo)
-  target_desc = dlib_descriptor(target, align.largest_face_box(
-      target, config.align.upsample, config.target.eval_photo))
+  """dlib descriptor distances to the target's evaluation photo and to the source (each
+  record's "source_reference" photo, else the original photo), for the original photo, the
+  reconstruction pasted back (what the generator alone does to the face) and the protected
+  photo. The face is located by its original detection box, so the victim is measured on
+  recognition, not detection; reference photos by their largest face."""
+  @functools.lru_cache(maxsize=None)
+  def largest_face(path: str) -> np.ndarray:
+    photo = image_io.read_rgb(path)
+    return dlib_descriptor(photo, align.largest_face_box(photo, config.align.upsample, path))
+
+  target_desc = largest_face(config.target.eval_photo)
   per_face = {}
   for r in records:
     original = image_io.read_rgb(r["source"])
@@ -92,19 +100,21 @@ def dlib_victim(workdir: str, records: Sequence[dict[str, Any]], photos: Mapping
         "original": original,
         "reconstruction": align.paste_back(original, recon_face, r["corners"], r["valid"]),
         "protected": image_io.read_rgb(os.path.join(workdir, photos[r["source"]]))}
-    per_face[r["id"]] = dlib_distances(
-        {k: dlib_descriptor(v, r["photo_box"]) for k, v in photos_by_kind.items()},
-        target_desc)
+    desc = {k: dlib_descriptor(v, r["photo_box"]) for k, v in photos_by_kind.items()}
+    reference = r.get("source_reference")
+    per_face[r["id"]] = dlib_distances(desc, target_desc,
+                                       largest_face(reference) if reference else None)
   return {"threshold": DLIB_DISTANCE_THRESHOLD, "faces": per_face}
 
 
-def dlib_distances(desc: Mapping[str, np.ndarray], target_desc: np.ndarray
-                   ) -> dict[str, dict[str, float]]:
+def dlib_distances(desc: Mapping[str, np.ndarray], target_desc: np.ndarray,
+                   source_desc: np.ndarray | None = None) -> dict[str, dict[str, float]]:
   """Image kind -> descriptor ("original" included) -> {"target_distance" | "source_distance":
-  {kind: euclidean distance to the target's descriptor | to the original's}}."""
+  {kind: euclidean distance to the target's descriptor | to source_desc (another photo of
+  the source's person), else to the original's}}."""
+  source = desc["original"] if source_desc is None else source_desc
   return {"target_distance": {k: float(np.linalg.norm(d - target_desc)) for k, d in desc.items()},
-          "source_distance": {k: float(np.linalg.norm(d - desc["original"]))
-                              for k, d in desc.items()}}
+          "source_distance": {k: float(np.linalg.norm(d - source)) for k, d in desc.items()}}
 
 
 def face_similarities(sims: Mapping[str, Any], j: int) -> dict[str, Any]:
@@ -136,7 +146,9 @@ def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any]
   out: dict[str, Any] = {"n_faces": len(records), "face_ids": [r["id"] for r in records],
                          "prompt": config.prompt,
                          "mode": config.protect.mode, "target": config.target.photo,
-                         "target_eval": config.target.eval_photo, "models": {}}
+                         "target_eval": config.target.eval_photo,
+                         "dodging_reference": (config.evaluate.source_references or
+                                               "the original photo"), "models": {}}
   if not records:
     return out
   for name in (*config.fr.surrogates, *config.fr.victims):
@@ -154,11 +166,11 @@ def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any]
           "far": _rates(tgt, src, {f: spec.thresholds[f] for f in fars})}
     out["models"][name] = entry
   if dlib_eval is not None:
-    calibrated = registry.calibrated().get("dlib", {}).get("thresholds", {})
+    calibrated = registry.calibrated().get(DLIB, {}).get("thresholds", {})
     by_far = {f: -calibrated[f"{f:g}"] for f in fars if f"{f:g}" in calibrated}
     entry = {"role": "victim (black box, dlib C++ ResNet descriptor on the pasted-back photo)",
              "thresholds_from": "dlib's documented distance 0.6" + (
-                 "; by FAR: " + registry.get_calibration_source("dlib") if by_far else ""),
+                 "; by FAR: " + registry.get_calibration_source(DLIB) if by_far else ""),
              "by_image": {}}
     faces = dlib_eval["faces"]
     for kind in IMAGE_KINDS:
@@ -170,6 +182,6 @@ def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any]
                              larger_is_closer=False)}
       if by_far:
         entry["by_image"][kind]["far"] = _rates(tgt, src, by_far, larger_is_closer=False)
-    out["models"]["dlib"] = entry
+    out["models"][DLIB] = entry
     out["dlib_faces"] = faces
   return out

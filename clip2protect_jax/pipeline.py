@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +75,8 @@ def result_settings(config) -> dict[str, Any]:
   the same result in any batch, so batch_size counts only for the joint schedule."""
   fields = ("seed", "prompt", "source_text", "clip", "target", "fr", "tune", "protect",
             "generator") + (("batch_size",) if config.tune.schedule == "joint" else ())
+  # The dodging reference only when set: records made before it existed stay valid.
+  fields += ("evaluate.source_references",) if config.evaluate.source_references else ()
   return run_settings.select(config, fields, exclude=run_settings.GRAPH_FIELDS)
 
 
@@ -158,6 +160,45 @@ def check_crop(crop: Sequence[int], shape: Sequence[int], path: str
         "CelebA-HQ target photos: for another photo set its crop, or crop=() to use its "
         "largest dlib face box.")
   return r0, r1, c0, c1
+
+
+def photo_embeddings(names: Sequence[str], params: Mapping[str, Any], photos: Mapping[str, str],
+                     upsample: int = 1) -> dict[str, dict[str, np.ndarray]]:
+  """model (or evaluation.DLIB) -> photo name -> embedding [D] of each photo's largest
+  face, fed as a target photo is (read_target, protect.target_embeddings); photos: name ->
+  path."""
+  nets = tuple(n for n in names if n != evaluation.DLIB)
+  out: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
+  for name, path in photos.items():
+    crop01, aligned, box = read_target(path, (), upsample, registry.aligned_models(nets))
+    emb = protect.target_embeddings(nets, params, jnp.asarray(crop01), aligned)
+    for n in nets:
+      out[n][name] = np.asarray(emb[n])
+    if evaluation.DLIB in names:
+      out[evaluation.DLIB][name] = evaluation.dlib_descriptor(image_io.read_rgb(path), box)
+  return out
+
+
+def source_reference(config, source: str) -> str | None:
+  """The dodging reference of photo `source`: the file of config.evaluate.source_references
+  at the photo's path relative to config.photos, with any photo extension (another photo of
+  the same person, as the paper evaluates dodging); None when that field is ''."""
+  references = config.evaluate.source_references
+  if not references:
+    return None
+  rel = (os.path.relpath(source, config.photos) if os.path.isdir(config.photos)
+         else os.path.basename(source))
+  folder, stem = os.path.split(os.path.join(references, os.path.splitext(rel)[0]))
+  found = sorted(f for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                 if os.path.splitext(f)[0] == stem
+                 and f.lower().endswith(inversion.PHOTO_EXTENSIONS))
+  if len(found) != 1:
+    raise FileNotFoundError(
+        f"config.evaluate.source_references={references!r}: {source} needs exactly one "
+        f"reference photo {os.path.join(folder, stem)}.<jpg|png|...> (another photo of the "
+        f"same person), found {found or 'none'}. Set source_references='' to measure "
+        "dodging against the original photo.")
+  return os.path.join(folder, found[0])
 
 
 def read_target_crop(photo: np.ndarray, path: str, crop: Sequence[int], upsample: int
@@ -336,15 +377,21 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
 
   images = {"original": np.asarray(sources01[:n]), "reconstruction": np.asarray(recon[:n]),
             "protected": np.asarray(protected[:n])}
+  references = [source_reference(config, str(arrays["sources"][i])) for i in index]
+  source_emb = None
+  if config.evaluate.source_references:
+    emb = photo_embeddings(tuple(loaded.fr_params), loaded.fr_params,
+                           {p: p for p in references}, config.align.upsample)
+    source_emb = {m: np.stack([e[p] for p in references]) for m, e in emb.items()}
   sims = evaluation.fr_similarities(loaded.fr_params, images,
                                     {k: np.asarray(v[:n]) for k, v in crops.items()},
-                                    loaded.target_eval_emb)
+                                    loaded.target_eval_emb, source_emb)
   t3 = time.perf_counter()
   records = []
   for j, fid in enumerate(ids):
     i = index[j]
     records.append({
-        "id": fid, "source": str(arrays["sources"][i]),
+        "id": fid, "source": str(arrays["sources"][i]), "source_reference": references[j],
         "box": [float(v) for v in np.asarray(boxes[j])],
         "fr_warps": {m: np.asarray(v[j]).tolist() for m, v in crops.items() if m != "box"},
         "photo_box": photo_box(config, arrays, i, np.asarray(boxes[j])),
@@ -502,6 +549,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                      f"the protected faces in {out_dir}")
   inv = inversion.run(config, workdir)
   arrays = inv["arrays"]
+  for source in sorted(set(map(str, arrays["sources"]))):   # before any work
+    source_reference(config, source)
   inv_dir = os.path.join(workdir, inversion.SUBDIR)
   ids = [str(i) for i in arrays["ids"]]
   done = [f for f in ids if os.path.exists(result_path(out_dir, f))]

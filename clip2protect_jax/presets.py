@@ -113,6 +113,10 @@ def protect_config(arg: str = "", official: bool = False) -> ml_collections.Conf
   c.evaluate = ml_collections.ConfigDict(dict(
       fars=(0.1, 0.01, 0.001),
       dlib_victim=True,    # dlib's C++ ResNet descriptor as a real black-box victim
+      # Dodging reference: a folder holding another photo of each source's person at the
+      # photo's path relative to `photos` (any extension), as the paper measures dodging;
+      # '' = the original photo itself.
+      source_references="",
   ))
   c.report = ml_collections.ConfigDict(dict(enabled=True, max_faces=100, thumb_size=192))
 

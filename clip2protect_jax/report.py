@@ -46,23 +46,25 @@ def _fmt(v: float) -> str:
   return f"{v:.3f}"
 
 
+def _cells(by_kind: Mapping[str, float]) -> str:
+  """Cells of one reference's similarities (or distances) for the three image kinds."""
+  return "".join(f"<td>{_fmt(by_kind[k])}</td>" for k in ("original", "reconstruction",
+                                                           "protected"))
+
+
 def similarity_table(record: Mapping[str, Any], roles: Mapping[str, str],
                      dlib_face: Mapping[str, Any] | None) -> str:
   rows = ["<tr><th class=l>model</th><th class=l>role</th><th>cos→target<br>original</th>"
-          "<th>reconstr.</th><th>protected</th><th>cos→source<br>reconstr.</th>"
-          "<th>protected</th></tr>"]
+          "<th>reconstr.</th><th>protected</th><th>cos→source<br>original</th>"
+          "<th>reconstr.</th><th>protected</th></tr>"]
   for name, sims in record["similarity"].items():
     t, s = sims["target"], sims["source"]
     rows.append(f"<tr><td class=l>{html.escape(name)}</td><td class=l>{roles.get(name, '')}"
-                f"</td><td>{_fmt(t['original'])}</td><td>{_fmt(t['reconstruction'])}</td>"
-                f"<td>{_fmt(t['protected'])}</td><td>{_fmt(s['reconstruction'])}</td>"
-                f"<td>{_fmt(s['protected'])}</td></tr>")
+                f"</td>{_cells(t)}{_cells(s)}</tr>")
   if dlib_face:
     t, s = dlib_face["target_distance"], dlib_face["source_distance"]
     rows.append(f"<tr><td class=l>dlib (distance, &lt;0.6 = match)</td><td class=l>victim</td>"
-                f"<td>{_fmt(t['original'])}</td><td>{_fmt(t['reconstruction'])}</td>"
-                f"<td>{_fmt(t['protected'])}</td><td>{_fmt(s['reconstruction'])}</td>"
-                f"<td>{_fmt(s['protected'])}</td></tr>")
+                f"{_cells(t)}{_cells(s)}</tr>")
   return "<table>" + "".join(rows) + "</table>"
 
 
@@ -100,7 +102,9 @@ def build(config, workdir: str, records: Sequence[Mapping[str, Any]],
            f"<p>Prompt: <b>{html.escape(config.prompt)}</b> (source text "
            f"“{html.escape(config.source_text)}”); mode: <b>{config.protect.mode}</b>; target "
            f"photo {html.escape(config.target.photo)} (evaluated on "
-           f"{html.escape(config.target.eval_photo)}); {len(records)} faces; tuning "
+           f"{html.escape(config.target.eval_photo)}); dodging measured against "
+           f"{html.escape(metrics.get('dodging_reference', 'the original photo'))}; "
+           f"{len(records)} faces; tuning "
            f"{config.tune.steps} steps ({config.tune.schedule}), search {config.protect.steps}"
            f" steps.</p>"]
   if warn:

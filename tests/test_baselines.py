@@ -45,20 +45,24 @@ def test_transfer_benchmark_chooses_distinct_target_photos_and_skips_without_pho
   (tmp_path / "labels.csv").write_text(
       "file_x,file_y,Decision\nimg1.jpg,img2.jpg,Yes\nimg2.jpg,img10.jpg,Yes\n"
       "img3.jpg,img4.jpg,Yes\nimg5.jpg,img6.jpg,Yes\nimg1.jpg,img3.jpg,No\n")
-  opt, ev, sources = transfer_benchmark.choose_photos(str(tmp_path), "", 5)
+  opt, ev, sources, refs = transfer_benchmark.choose_photos(str(tmp_path), "", 5)
   assert (opt, ev) == ("img1.jpg", "img2.jpg") and sources == ["img3.jpg", "img5.jpg"]
-  opt, ev, sources = transfer_benchmark.choose_photos(str(tmp_path), "img4.jpg", 1)
-  assert (opt, ev) == ("img4.jpg", "img3.jpg") and len(sources) == 1
+  assert refs == {"img3.jpg": "img4.jpg", "img5.jpg": "img6.jpg"}   # same identity
+  opt, ev, sources, refs = transfer_benchmark.choose_photos(str(tmp_path), "img4.jpg", 1)
+  assert (opt, ev) == ("img4.jpg", "img3.jpg") and len(sources) == 1 and len(refs) == 1
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "transfer_benchmark.py"),
                         f"--photos={tmp_path / 'absent'}", f"--workdir={tmp_path / 'w'}"],
                        capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 0 and "skipped" in out.stdout
   assert not np.any([p.name == "w" for p in tmp_path.iterdir()])
   folder = str(tmp_path / "w" / "sources")   # a rerun with fewer sources attacks only those
-  transfer_benchmark.link_sources(folder, str(tmp_path), ["img3.jpg", "img5.jpg"])
-  transfer_benchmark.link_sources(folder, str(tmp_path), ["img5.jpg"])
+  links = {f: str(tmp_path / f) for f in ("img3.jpg", "img5.jpg")}
+  transfer_benchmark.link_files(folder, links)
+  transfer_benchmark.link_files(folder, {"img5.jpg": links["img5.jpg"]})
   assert os.listdir(folder) == ["img5.jpg"]
   assert os.readlink(os.path.join(folder, "img5.jpg")) == str(tmp_path / "img5.jpg")
+  transfer_benchmark.link_files(folder, {"img5.jpg": str(tmp_path / "img6.jpg")})  # retargeted
+  assert os.readlink(os.path.join(folder, "img5.jpg")) == str(tmp_path / "img6.jpg")
   (tmp_path / "w" / "sources" / "mine.jpg").write_text("")
   with pytest.raises(SystemExit, match="not a link"):
-    transfer_benchmark.link_sources(folder, str(tmp_path), ["img5.jpg"])
+    transfer_benchmark.link_files(folder, {})

@@ -16,7 +16,8 @@ KINDS = evaluation.IMAGE_KINDS
 def small_config(fars=(0.1, 0.01, 0.001)):
   return ml_collections.ConfigDict(dict(
       prompt="red lipstick", protect=dict(mode="impersonation"),
-      target=dict(photo="t.jpg", eval_photo="t2.jpg"), evaluate=dict(fars=fars),
+      target=dict(photo="t.jpg", eval_photo="t2.jpg"),
+      evaluate=dict(fars=fars, source_references=""),
       fr=dict(surrogates=("irse50",), victims=("mobile_face",))))
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip2protect_jax import align, image_io, pipeline, presets, run_settings, tuning
+from clip2protect_jax import (align, evaluation, image_io, pipeline, presets, run_settings,
+                              tuning)
 from clip2protect_jax.models import stylegan2
 from clip2protect_jax.models.lpips import LPIPS
 
@@ -223,6 +224,42 @@ def test_rerun_skips_and_one_face_alone_equals_the_batch(tiny_run):
   for m, sims in before["similarity"].items():
     np.testing.assert_allclose(after["similarity"][m]["target"]["protected"],
                                sims["target"]["protected"], atol=1e-4)
+
+
+def test_dodging_reference_is_another_photo_of_the_source(tiny_run, tmp_path):
+  """With evaluate.source_references, "source" similarities are to each source's reference
+  photo: here the target's evaluation photo, so they must equal the "target" ones."""
+  config, workdir, _ = tiny_run
+  config = config.copy_and_resolve_references()
+  refs = tmp_path / "refs"
+  refs.mkdir()
+  config.evaluate.source_references = str(refs)
+  work = str(tmp_path / "w")
+  shutil.copytree(os.path.join(workdir, "invert"), os.path.join(work, "invert"))
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    with pytest.raises(FileNotFoundError, match=r"astronaut.png needs exactly one"):
+      pipeline.run(config, work)   # before any face is tuned
+    assert not os.path.exists(os.path.join(work, "protect", "results"))
+    for name in ("astronaut", "biden"):
+      os.symlink(os.path.join(ROOT, config.target.eval_photo), refs / (name + ".jpg"))
+    metrics = pipeline.run(config, work)
+    plain = config.copy_and_resolve_references()
+    plain.evaluate.source_references = ""
+    with pytest.raises(run_settings.SettingsMismatchError, match="source_references"):
+      pipeline.run(plain, work)
+  finally:
+    os.chdir(cwd)
+  assert metrics["dodging_reference"] == str(refs)
+  for fid in ("astronaut.png_f0", "biden.jpg_f0"):
+    r = read_result(work, fid)
+    assert r["source_reference"] == str(refs / (fid.split(".")[0] + ".jpg"))
+    for sims in r["similarity"].values():
+      for kind in evaluation.IMAGE_KINDS:
+        assert sims["source"][kind] == pytest.approx(sims["target"][kind], abs=1e-5)
+    dlib_face = metrics["dlib_faces"][fid]
+    assert dlib_face["source_distance"] == pytest.approx(dlib_face["target_distance"])
 
 
 def test_protect_settings_reject_bad_values():

@@ -43,7 +43,7 @@ def main(argv):
   import jax
   import numpy as np
 
-  from clip2protect_jax import calibration, weights
+  from clip2protect_jax import calibration, pipeline, weights
   from clip2protect_jax.models.face import registry
 
   if not os.path.isdir(FLAGS.photos):
@@ -78,8 +78,8 @@ def main(argv):
     if "RANDOM" in desc:
       raise SystemExit(f"{name}: no weights in {FLAGS.weights_dir}; calibrating random "
                        "weights means nothing")
-  emb = calibration.embed_photos(FLAGS.models, params,
-                                 {f: os.path.join(FLAGS.photos, f) for f in files})
+  emb = pipeline.photo_embeddings(FLAGS.models, params,
+                                  {f: os.path.join(FLAGS.photos, f) for f in files})
 
   command = "python tools/calibrate_thresholds.py " + " ".join(sys.argv[1:])
   entries = {}

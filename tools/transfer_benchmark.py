@@ -8,7 +8,9 @@ box) next to a pixel-space PGD baseline.
 Photos and identities: every labelled photo of --photos (label CSVs as in
 tools/calibrate_thresholds.py). The target identity is the one with the most photos (or
 the identity of --target): its first photo is optimised against, its second is used only
-for evaluation. One photo of each other identity (up to --max_sources) is a source.
+for evaluation. The first photo of each other identity with two or more (up to
+--max_sources) is a source; its second is its dodging reference, the paper's "another photo
+of the source" (config.evaluate.source_references).
 For each model v of --models, the surrogates are the others and v is the victim:
   latent  the protect job (config --config; its fr.* fields are set here), in
           WORKDIR/latent_without_<v>; alignment and inversion are shared.
@@ -52,7 +54,8 @@ FLAGS = flags.FLAGS
 
 
 def choose_photos(folder: str, target: str, max_sources: int):
-  """(target optimisation photo, target evaluation photo, source photos) as file names."""
+  """(target optimisation photo, target evaluation photo, source photos, source photo ->
+  another photo of its person) as file names."""
   from clip2protect_jax import calibration
   csvs = sorted(glob.glob(os.path.join(folder, "*.csv")))
   ident = calibration.identities(calibration.read_pair_labels(csvs))
@@ -69,23 +72,24 @@ def choose_photos(folder: str, target: str, max_sources: int):
     raise SystemExit("the target identity needs two photos (optimisation != evaluation)")
   opt = target or members[tid][0]
   ev = next(f for f in members[tid] if f != opt)
-  sources = [m[0] for i, m in sorted(members.items()) if i != tid and len(m) > 1]
-  return opt, ev, sources[:max_sources]
+  sources = [m[:2] for i, m in sorted(members.items()) if i != tid and len(m) > 1]
+  sources = sources[:max_sources]
+  return opt, ev, [s for s, _ in sources], dict(sources)
 
 
-def link_sources(folder: str, photos: str, sources: list[str]) -> str:
-  """folder holding links to exactly these source files of `photos` (links of an earlier
-  run's other sources are removed: both methods attack every file in it)."""
+def link_files(folder: str, links: dict[str, str]) -> str:
+  """folder holding exactly these links (name -> file; links of an earlier run's other
+  photos are removed: both methods attack every file in the sources folder)."""
   os.makedirs(folder, exist_ok=True)
   for f in os.listdir(folder):
     path = os.path.join(folder, f)
     if not os.path.islink(path):
       raise SystemExit(f"{path} is not a link this tool made; move it out of {folder}")
-    if f not in sources:
+    if os.readlink(path) != os.path.abspath(links.get(f, path)):
       os.remove(path)
-  for f in sources:
+  for f, target in links.items():
     if not os.path.lexists(os.path.join(folder, f)):
-      os.symlink(os.path.abspath(os.path.join(photos, f)), os.path.join(folder, f))
+      os.symlink(os.path.abspath(target), os.path.join(folder, f))
   return folder
 
 
@@ -94,10 +98,12 @@ def _natural(name: str):
   return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def latent_config(base, photos_dir, target, evaluation, surrogates, victims, mode):
+def latent_config(base, photos_dir, references_dir, target, evaluation, surrogates, victims,
+                  mode):
   config = base.copy_and_resolve_references()
   with config.unlocked():
     config.photos = photos_dir
+    config.evaluate.source_references = references_dir
     config.target.update(photo=target, crop=(), eval_photo=evaluation, eval_crop=())
     config.fr.update(surrogates=tuple(surrogates), victims=tuple(victims),
                      weights_dir="checkpoints")
@@ -106,22 +112,24 @@ def latent_config(base, photos_dir, target, evaluation, surrogates, victims, mod
   return config
 
 
-def run_latent(base, root, photos_dir, target, evaluation, surrogates, victim):
+def run_latent(base, root, photos_dir, references_dir, target, evaluation, surrogates,
+               victim):
   from clip2protect_jax import inversion, pipeline
   workdir = os.path.join(root, f"latent_without_{victim}")
   shared = os.path.join(root, "shared_" + inversion.SUBDIR)
   own = os.path.join(workdir, inversion.SUBDIR)
   if os.path.isdir(shared) and not os.path.isdir(own):
     shutil.copytree(shared, own)
-  config = latent_config(base, photos_dir, target, evaluation, surrogates, (victim,),
-                         FLAGS.mode)
+  config = latent_config(base, photos_dir, references_dir, target, evaluation, surrogates,
+                         (victim,), FLAGS.mode)
   metrics = pipeline.run(config, workdir)
   if not os.path.isdir(shared):
     shutil.copytree(own, shared)
   return metrics
 
 
-def run_pgd(base, root, photos_dir, target, evaluation, surrogates, victim, fr_params):
+def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogates, victim,
+            fr_params):
   """PGD on each source face aligned at --pgd_size; metrics in the protect job's format."""
   import jax.numpy as jnp
   import numpy as np
@@ -163,11 +171,16 @@ def run_pgd(base, root, photos_dir, target, evaluation, surrogates, victim, fr_p
       evaluation, (), 1, registry.aligned_models((victim, *surrogates)))
   eval_emb = {k: np.asarray(v) for k, v in protect.target_embeddings(
       names, params, jnp.asarray(eval_crop), eval_aligned).items()}
+  config = latent_config(base, photos_dir, references_dir, target, evaluation, surrogates,
+                         (victim,), FLAGS.mode)
+  references = [pipeline.source_reference(config, path) for path in sources]
+  ref_emb = pipeline.photo_embeddings((*names, ev.DLIB), params,
+                                      {p: p for p in (evaluation, *references)})
   sims = ev.fr_similarities(params, images, {k: np.asarray(v) for k, v in crops.items()},
-                            eval_emb)
+                            eval_emb, {m: np.stack([ref_emb[m][p] for p in references])
+                                       for m in names})
   records, dlib_faces = [], {}
-  eval_photo = image_io.read_rgb(evaluation)
-  target_desc = ev.dlib_descriptor(eval_photo, align.largest_face_box(eval_photo))
+  target_desc = ref_emb[ev.DLIB][evaluation]
   for j, path in enumerate(sources):
     fid = os.path.splitext(os.path.basename(path))[0]
     pasted = align.paste_back(photos[j], adv_u8[j], faces[j].corners, faces[j].valid)
@@ -175,13 +188,11 @@ def run_pgd(base, root, photos_dir, target, evaluation, surrogates, victim, fr_p
     desc = {"original": ev.dlib_descriptor(photos[j], photo_boxes[j]),
             "protected": ev.dlib_descriptor(pasted, photo_boxes[j])}
     desc["reconstruction"] = desc["original"]
-    dlib_faces[fid] = ev.dlib_distances(desc, target_desc)
+    dlib_faces[fid] = ev.dlib_distances(desc, target_desc, ref_emb[ev.DLIB][references[j]])
     records.append({
         "id": fid, "psnr": {"protected_vs_original": ev.psnr(images["protected"][j],
                                                              images["original"][j])},
         "similarity": ev.face_similarities(sims, j)})
-  config = latent_config(base, photos_dir, target, evaluation, surrogates, (victim,),
-                         FLAGS.mode)
   metrics = ev.metrics(config, records, {"threshold": ev.DLIB_DISTANCE_THRESHOLD,
                                          "faces": dlib_faces})
   metrics["psnr_protected_vs_original"] = float(np.mean(
@@ -266,13 +277,18 @@ def main(argv):
   from clip2protect_jax import weights
   from clip2protect_jax.models.face import registry
 
-  target, evaluation, sources = choose_photos(FLAGS.photos, FLAGS.target, FLAGS.max_sources)
+  target, evaluation, sources, references = choose_photos(FLAGS.photos, FLAGS.target,
+                                                          FLAGS.max_sources)
   root = os.path.abspath(FLAGS.workdir)
-  photos_dir = link_sources(os.path.join(root, "sources"), FLAGS.photos, sources)
+  in_photos = lambda f: os.path.join(FLAGS.photos, f)
+  photos_dir = link_files(os.path.join(root, "sources"), {f: in_photos(f) for f in sources})
+  references_dir = link_files(os.path.join(root, "references"), {
+      os.path.splitext(s)[0] + os.path.splitext(r)[1]: in_photos(r)
+      for s, r in references.items()})
   target = os.path.abspath(os.path.join(FLAGS.photos, target))
   evaluation = os.path.abspath(os.path.join(FLAGS.photos, evaluation))
   print(f"target {os.path.basename(target)} (evaluated on {os.path.basename(evaluation)}), "
-        f"sources {sources}, mode {FLAGS.mode}")
+        f"sources (dodging reference) {references}, mode {FLAGS.mode}")
   fr_params = {}
   for i, m in enumerate(FLAGS.models):
     fr_params[m], _ = weights.load_face_model(
@@ -287,21 +303,23 @@ def main(argv):
   for victim in FLAGS.models:
     surrogates = [m for m in FLAGS.models if m != victim]
     if "latent" in FLAGS.methods:
-      m = run_latent(_CONFIG.value, root, photos_dir, target, evaluation, surrogates, victim)
+      m = run_latent(_CONFIG.value, root, photos_dir, references_dir, target, evaluation,
+                     surrogates, victim)
       latent_dir = os.path.join(root, f"latent_without_{victim}")
       lines += table_rows("latent", victim, m,
                           latent_psnr(os.path.join(latent_dir, "protect"), m["face_ids"]),
                           fars, latent_lpips(latent_dir, m["face_ids"], lpips_weights))
     if "pgd" in FLAGS.methods:
-      m = run_pgd(_CONFIG.value, root, photos_dir, target, evaluation, surrogates, victim,
-                  fr_params)
+      m = run_pgd(_CONFIG.value, root, photos_dir, references_dir, target, evaluation,
+                  surrogates, victim, fr_params)
       lines += table_rows("pgd", victim, m, {"protected": m["psnr_protected_vs_original"]},
                           fars, m["lpips_protected_vs_original"])
   table = "\n".join(lines)
   print("\n" + table)
   with open(os.path.join(root, "table.md"), "w") as f:
-    f.write(f"sources {sources}, target {os.path.basename(target)}, eval "
-            f"{os.path.basename(evaluation)}, mode {FLAGS.mode}\n\n{table}\n")
+    f.write(f"sources (dodging reference) {references}, target "
+            f"{os.path.basename(target)}, eval {os.path.basename(evaluation)}, mode "
+            f"{FLAGS.mode}\n\n{table}\n")
 
 
 if __name__ == "__main__":
