@@ -1,5 +1,6 @@
 """tools/gpu_report.py: the issue-8 table and verdict from benchmark.py's JSON files."""
 import json
+import os
 import subprocess
 import sys
 
@@ -101,8 +102,36 @@ def test_fastest_per_image_bf16_configuration(tmp_path):
   assert out.returncode != 0 and "no per_image bfloat16 tune_step row" in out.stderr
 
 
+def test_a_cut_file_is_skipped_and_a_faster_rerun_keeps_the_profile(tmp_path):
+  """gpu_benchmarks.sh's later parts re-measure batch 8 without profiling; a part cut by
+  its time limit may leave a broken file."""
+  config = ("per_image", "subpixel", "grouped", "auto", "bfloat16")
+  write_benchmark(tmp_path / "tune.json", [
+      tune_row(*config, 8, 0.050, profile_ms_by_kind={"conv": 30.0, "fusion": 10.0})])
+  write_benchmark(tmp_path / "max.json", [tune_row(*config, 8, 0.040)])
+  (tmp_path / "cut.json").write_text('{"device": "NVIDIA H100 80GB HBM3", "resu')
+  out = report(tmp_path)
+  assert out.returncode == 0, out.stderr
+  assert "skipped" in out.stderr and "cut.json" in out.stderr
+  assert "| per_image, subpixel, grouped, auto | bfloat16 | 8 | 5.00 |" in out.stdout
+  assert "conv 75%; fusion 25%" in out.stdout          # the slower row's profile, kept
+  assert "| — | — |" in out.stdout                     # no batch-1 rows: no ratios
+
+
 @pytest.mark.parametrize("args", [[], ["a", "b"]])
 def test_usage(args):
   out = subprocess.run([sys.executable, "tools/gpu_report.py", *args], capture_output=True,
                        text=True, check=False)
   assert out.returncode != 0 and "usage" in (out.stdout + out.stderr).lower()
+
+
+def test_gpu_benchmarks_script_stops_at_once_without_a_gpu(tmp_path):
+  """A jax without a GPU backend would spend each part's whole time limit at 1024 px."""
+  import jax
+  if jax.default_backend() == "gpu":
+    pytest.skip("this jax has a GPU: the script would run its benchmarks")
+  out = subprocess.run(["bash", "tools/gpu_benchmarks.sh", str(tmp_path / "out")],
+                       env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                       text=True, check=False, timeout=120)
+  assert out.returncode == 2, out.stdout + out.stderr
+  assert "jax has no GPU backend" in out.stdout and "== part" not in out.stdout

@@ -32,7 +32,7 @@ On GPU, fp32 uses --precision (default: 'default', i.e. TF32 where the card allo
 from __future__ import annotations
 
 import itertools
-import json
+import math
 import os
 import sys
 import time
@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from clip2protect_jax import bench  # noqa: E402
+from clip2protect_jax import bench, image_io  # noqa: E402
 
 PIPELINE_MODES = ("tune_step", "protect_step", "end_to_end")
 flags.DEFINE_integer("size", 256, "Generator resolution (1024 = paper).")
@@ -177,21 +177,20 @@ def write_json(results: list[dict]) -> None:
   import jax
   if not FLAGS.json_out:
     return
-  with open(FLAGS.json_out, "w") as f:
-    json.dump({"device": jax.devices()[0].device_kind, "target": FLAGS.target,
-               "backend": jax.default_backend(),
-               "jax": jax.__version__, "size": FLAGS.size, "precision": FLAGS.precision,
-               "peak_device_bytes": bench.peak_device_bytes(), "results": results}, f,
-              indent=2)
+  image_io.atomic_write_json(FLAGS.json_out, {   # a run cut by a time limit leaves whole JSON
+      "device": jax.devices()[0].device_kind, "target": FLAGS.target,
+      "backend": jax.default_backend(), "jax": jax.__version__, "size": FLAGS.size,
+      "precision": FLAGS.precision, "peak_device_bytes": bench.peak_device_bytes(),
+      "results": results})
 
 
 def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]:
   """The stage-1 step for every configuration (dtype, schedule, upsampling, conv form,
   modulation) x batch size at --size.
 
-  Per batch size, compiles every configuration first (bench.compile_many, abstract
-  arguments: nothing is allocated), then times them one by one, allocating each one's state
-  only while it runs; progress(results so far) after each batch size.
+  Batch sizes in order; per configuration: compile (bench.compile_many, abstract arguments:
+  nothing is allocated), then time it, allocating its state only while it runs;
+  progress(results so far) after each.
   """
   import gc
 
@@ -245,34 +244,42 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
       _, make_args, carry = case(*config)
       try:
         seconds = bench.time_compiled(exe, make_args(), FLAGS.iters, carry)
-        if str(bs) in FLAGS.profile_batches:
-          name = f"{schedule}_{impl}_{conv}_{mod}_{dtype}_{bs}"
+      except Exception as e:  # noqa: BLE001 (out of memory: record and go on)
+        info, seconds = {**info, "error": _short(e)}, float("nan")
+      if str(bs) in FLAGS.profile_batches and math.isfinite(seconds):
+        name = f"{schedule}_{impl}_{conv}_{mod}_{dtype}_{bs}"
+        try:   # a profiler failure keeps the timing
           rows = bench.kernel_profile(exe, make_args(), 2, os.path.join(FLAGS.trace_dir, name),
                                       carry)
           extra = {"profile_ms_by_kind": bench.print_kernel_profile(
               f"{label} {dtype} batch {bs}", rows, bs, FLAGS.profile_top),
                    "profile_ops": rows[:150]}
-      except Exception as e:  # noqa: BLE001 (out of memory: record and go on)
-        info, seconds = {**info, "error": _short(e)}, float("nan")
+        except Exception as e:  # noqa: BLE001
+          extra = {"profile_error": _short(e)}
+          print(f"  profile failed: {extra['profile_error']}", flush=True)
       gc.collect()
     r = {**bench.with_rate(info, seconds), "schedule": schedule, "upsample_impl": impl,
          "conv_impl": conv, "modulation": mod, "max_resolution": FLAGS.tune_max_resolution}
     return {**report(label, dtype, bs, r), **extra}
 
+  results = []
+
   def wave(configs):
-    jobs = {}
+    """Compiles and times each configuration in turn, results written after each (a run
+    cut by a time limit keeps every configuration finished before)."""
+    out = []
     for config in configs:
       step, make_args, _ = case(*config)
       abstract = jax.eval_shape(make_args)
-      jobs[config] = (step, bench.place_abstract(abstract, target) if target else abstract)
-    compiled = bench.compile_many(
-        jobs, lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))
-    return [run(config, compiled.pop(config)) for config in configs]
+      job = (step, bench.place_abstract(abstract, target) if target else abstract)
+      compiled = bench.compile_many(
+          {config: job}, lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))
+      out.append(run(config, compiled.pop(config)))
+      progress(results + out)
+    return out
 
-  results = []
-  for bs in map(int, FLAGS.batch_sizes):   # one wave per batch size: small ones land first
+  for bs in map(int, FLAGS.batch_sizes):   # batch sizes in order: small ones land first
     results += wave([g + (bs,) for g in groups])
-    progress(results)
   if FLAGS.max_batch:
     limit = (bench.GPU_TARGETS[FLAGS.target][1] if FLAGS.target
              else bench.device_memory_bytes())
@@ -284,6 +291,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
     results += [{**r, "largest_fitting_estimate": True} for r in wave(
         [g + (bs,) for g, bs in largest.items()
          if bs and bs > max(map(int, FLAGS.batch_sizes))])]
+    progress(results)
   return results
 
 
@@ -291,7 +299,6 @@ def largest_fitting_batch(results: list[dict], limit_bytes: float) -> int | None
   """The largest multiple of 8 (at most 128) whose memory (arguments + temporaries + outputs
   not aliased to donated arguments, linear in the batch through the two largest measured
   batches) stays under 92% of `limit_bytes`."""
-  import math
   pts = sorted((r["batch"], r["argument_size_bytes"] + r["temp_size_bytes"] +
                 r["output_size_bytes"] - r.get("alias_size_bytes", 0.0)) for r in results
                if "error" not in r and "temp_size_bytes" in r)
@@ -299,7 +306,7 @@ def largest_fitting_batch(results: list[dict], limit_bytes: float) -> int | None
     return None
   (b1, m1), (b2, m2) = pts[-2:]
   per_image = (m2 - m1) / (b2 - b1)
-  if per_image <= 0:
+  if not math.isfinite(per_image) or per_image <= 0:   # NaN: no memory analysis
     return None
   fits = int((0.92 * limit_bytes - (m2 - per_image * b2)) / per_image) // 8 * 8
   return min(fits, 128) or None     # capped: compiling beyond that takes minutes

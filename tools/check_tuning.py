@@ -12,13 +12,14 @@ bf16 error) on the real architecture and device.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+
+from clip2protect_jax import image_io  # noqa: E402
 
 flags.DEFINE_integer("size", 256, "Generator resolution (config-f channels).")
 flags.DEFINE_integer("batch", 4, "Images tuned together.")
@@ -83,8 +84,7 @@ def main(argv):
           f"({out[name]['max_abs_over_range']:.2e} of the range), rel-L2 "
           f"{out[name]['rel_l2']:.2e}", flush=True)
     if FLAGS.json_out:   # after each comparison: a run cut by a time limit keeps what it has
-      with open(FLAGS.json_out, "w") as f:
-        json.dump(out, f, indent=2)
+      image_io.atomic_write_json(FLAGS.json_out, out)
 
 
 if __name__ == "__main__":

@@ -45,11 +45,16 @@ def configuration(row: dict) -> tuple[str, ...]:
 
 def load_tune_rows(folder: str) -> tuple[set[str], list[dict]]:
   """(device names, tune_step rows that ran) of the benchmark JSON files in `folder`;
-  a configuration and batch measured twice keeps the faster row."""
+  a configuration and batch measured twice keeps the faster row, with the profile of
+  either. Unreadable files are reported and skipped."""
   devices, best = set(), {}
   for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-    with open(path) as f:
-      data = json.load(f)
+    try:
+      with open(path) as f:
+        data = json.load(f)
+    except (OSError, ValueError) as e:
+      print(f"skipped {path}: {e}", file=sys.stderr)
+      continue
     if "results" not in data:
       continue
     devices.add(f"{data['device']} ({data['backend']}, jax {data['jax']}, size {data['size']})")
@@ -57,8 +62,12 @@ def load_tune_rows(folder: str) -> tuple[set[str], list[dict]]:
       if not row["mode"].startswith("tune_step") or not math.isfinite(row["seconds"]):
         continue
       key = configuration(row) + (row["batch"],)
-      if key not in best or row["seconds"] < best[key]["seconds"]:
-        best[key] = {**row, "file": os.path.basename(path)}
+      other = best.get(key, {})
+      if not other or row["seconds"] < other["seconds"]:
+        profile = {k: v for k, v in other.items() if k.startswith("profile_")}
+        best[key] = {**profile, **row, "file": os.path.basename(path)}
+      elif "profile_ms_by_kind" in row and "profile_ms_by_kind" not in other:
+        other.update({k: v for k, v in row.items() if k.startswith("profile_")})
   return devices, sorted(best.values(), key=lambda r: configuration(r) + (r["batch"],))
 
 
@@ -80,6 +89,11 @@ def batch1_throughputs(rows: list[dict]) -> dict[tuple[str, ...], float]:
   return base
 
 
+def ratio(a: float, b: float) -> str:
+  """a / b to 2 decimals, or "—" without b (no batch-1 row measured)."""
+  return f"{a / b:.2f}" if math.isfinite(b) and b else "—"
+
+
 def table(rows: list[dict], steps: int) -> list[str]:
   """Markdown rows: one per (configuration, batch)."""
   base = batch1_throughputs(rows)
@@ -94,8 +108,8 @@ def table(rows: list[dict], steps: int) -> list[str]:
         f"| {', '.join(config[:4])} | {config[4]} | {r['batch']}"
         f"{' (largest)' if r.get('largest_fitting_estimate') else ''} | "
         f"{r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | {r['tflops']:.1f} | "
-        f"{r['ms_per_image'] * steps / 1e3:.3f} | {r['images_per_s'] / baseline:.2f} | "
-        f"{r['images_per_s'] / own:.2f} | {memory_gib(r):.1f} |")
+        f"{r['ms_per_image'] * steps / 1e3:.3f} | {ratio(r['images_per_s'], baseline)} | "
+        f"{ratio(r['images_per_s'], own)} | {memory_gib(r):.1f} |")
   return lines
 
 
@@ -115,7 +129,7 @@ def verdict(rows: list[dict], steps: int) -> list[str]:
         f"best {schedule}: {', '.join(configuration(best))} at batch {best['batch']}: "
         f"{best['images_per_s']:.1f} images/s = {speedup:.2f}x the baseline batch 1 "
         f"(target >= {SPEEDUP_TARGET:g}x; "
-        f"{best['images_per_s'] / base.get(configuration(best), math.nan):.2f}x its own "
+        f"{ratio(best['images_per_s'], base.get(configuration(best), math.nan))}x its own "
         f"batch 1), stage 1 {stage:.3f} s/image (target <= "
         f"{STAGE_SECONDS_TARGET:g} s): {'MET' if met else 'NOT met'}")
   if math.isnan(baseline):

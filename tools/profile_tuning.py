@@ -15,11 +15,12 @@ Two views, each timed for every batch size with one parameter copy PER IMAGE (vm
      einsum     im2col patches + a batched matmul per image
 and the upsampling conv + blur as one sub-pixel conv (generator.upsample_impl=subpixel's form).
 Per-image time at batch B divided by the time at batch 1 says whether batching helps
-(< 1) or hurts (> 1).
+(< 1) or hurts (> 1). This is the issue-8 diagnosis of the torch-shaped graph (the
+Generator module's own defaults, LPIPS in fp32 whatever --dtypes says); the configured
+graphs (sub-pixel, grouped, ...) and bf16 LPIPS are timed by tools/benchmark.py.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from clip2protect_jax import bench  # noqa: E402
+from clip2protect_jax import bench, image_io  # noqa: E402
 
 flags.DEFINE_integer("size", 1024, "Generator resolution.")
 flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
@@ -174,8 +175,8 @@ def main(argv):
       label = r["part"] + (f" @{r['resolution']}" if "resolution" in r else "")
       print(f"  {label:<34} {r['dtype']:<9} batch {r['batch']:>3}: {ratio:6.2f}x")
   if FLAGS.json_out:
-    with open(FLAGS.json_out, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "results": results}, f, indent=2)
+    image_io.atomic_write_json(FLAGS.json_out, {"device": jax.devices()[0].device_kind,
+                                                "results": results})
 
 
 if __name__ == "__main__":
