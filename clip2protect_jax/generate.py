@@ -1,7 +1,10 @@
 """Job `generate`: sample faces from the generator and write PNGs + summary.json.
 
-Resumable: images already in workdir/images are kept and not recomputed; each file is
-written to a temporary name and renamed, so an interrupted run never leaves a broken PNG.
+Resumable: images already in workdir/images are kept and not recomputed (a rerun with other
+settings fails: run_settings); each file is written to a temporary name and renamed, so an
+interrupted run never leaves a broken PNG. Every sample uses the checkpoint's fixed noise
+maps (rosinality's generate.py draws fresh noise per sample: randomize_noise=True), so image
+i is the same in any batch and run.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from clip2protect_jax import image_io
+from clip2protect_jax import image_io, run_settings
 from clip2protect_jax.models import stylegan2
 from clip2protect_jax.weights import load_generator
 
@@ -34,6 +37,11 @@ def run(config, workdir: str) -> dict:
   """Generates config.num_images images into `workdir`; returns the summary dict."""
   image_dir = os.path.join(workdir, "images")
   os.makedirs(image_dir, exist_ok=True)
+  run_settings.check(
+      os.path.join(workdir, "settings.json"),
+      run_settings.select(config, ("seed", "truncation", "generator", "mean_latent_samples"),
+                          exclude=run_settings.GRAPH_FIELDS),
+      run_settings.has_files(image_dir), f"the images in {image_dir}")
   init_key, z_key, mean_key = jax.random.split(jax.random.key(config.seed), 3)
   gen = load_generator(config.generator, init_key)
   logging.info("generator: %s", gen.description)

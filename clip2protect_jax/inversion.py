@@ -272,6 +272,10 @@ def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
         gen.model, gen.params, targets, base, cfg, perceptual, image_keys=keys,
         latent_mean=mean, latent_std=std, projector=projector)
     wplus, noises = np.asarray(wplus), [np.asarray(n) for n in noises]
+    if not np.all(np.isfinite(wplus[:len(batch)])):
+      raise FloatingPointError(
+          f"projection gave non-finite W+ codes for {[f['id'] for f in batch]}: lower "
+          "config.projection.lr or the noise_regularize weight")
     for j, face in enumerate(batch):
       atomic_savez(latent_path(out_dir, face["id"]), wplus=wplus[j],
                    loss=np.float32(losses["total"][j]),

@@ -31,7 +31,8 @@ from clip2protect_jax.models.lpips import LPIPS
 
 @dataclasses.dataclass(frozen=True)
 class ProjectionConfig:
-  """Hyperparameters of projector.py (its defaults)."""
+  """Hyperparameters of projector.py (its defaults, except w_plus: True here, as stage 2
+  needs W+; projector.py's --w_plus is off by default)."""
   steps: int = 1000
   lr: float = 0.1
   lr_rampup: float = 0.05
@@ -43,6 +44,13 @@ class ProjectionConfig:
   lpips: float = 1.0              # 0 drops the perceptual term (MSE-only projection)
   w_plus: bool = True
   n_mean_latent: int = 10000
+
+  def __post_init__(self):
+    # projector.py divides by both ramps (ZeroDivisionError there; NaN in a jitted step).
+    for name in ("lr_rampup", "lr_rampdown", "noise_ramp"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"projection.{name}={getattr(self, name)} must be > 0 (a fraction "
+                         "of the steps; e.g. 1e-6 for practically no ramp)")
 
 
 def learning_rate(t, initial_lr: float, rampdown: float = 0.25, rampup: float = 0.05):
@@ -137,7 +145,10 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
   image: its initial noise maps and, folded with the step count, its latent noise.
   losses: dict of (N,) per-image terms (the step sums them: images are independent).
   """
-  use_perceptual = perceptual is not None and bool(cfg.lpips)
+  if cfg.lpips and perceptual is None:
+    raise ValueError("projection.lpips > 0 needs a Perceptual (lpips_perceptual of "
+                     "load_lpips); set lpips=0 for an MSE-only projection")
+  use_perceptual = bool(cfg.lpips)
   schedule = lambda count: learning_rate(count / cfg.steps, cfg.lr, cfg.lr_rampdown,
                                          cfg.lr_rampup)
   opt = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)

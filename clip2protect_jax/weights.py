@@ -61,7 +61,9 @@ class LoadedGenerator:
 
 def _require_folder(path: str, what: str, how: str) -> None:
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{what} weights {path!r} not found. {how} (or set the weights "
+    found = ("is a file (e.g. the official PyTorch checkpoint): weights load from the folder "
+             "its conversion writes" if os.path.isfile(path) else "not found")
+    raise FileNotFoundError(f"{what} weights {path!r} {found}. {how} (or set the weights "
                             "field to 'random' for an engineering run without real weights).")
 
 

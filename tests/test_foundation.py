@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clip2protect_jax import checkpoints, generate, weights
+from clip2protect_jax import checkpoints, generate, run_settings, weights
 from clip2protect_jax.convert.common import WeightsMismatchError
 from clip2protect_jax.convert.stylegan2 import convert_generator
 from clip2protect_jax.models import stylegan2
@@ -128,6 +128,10 @@ def test_missing_weights_folder_explains_how_to_convert(tmp_path):
   config = tiny_generate_config(str(tmp_path / "absent"))
   with pytest.raises(FileNotFoundError, match="convert_checkpoint.py --kind=stylegan2"):
     weights.load_generator(config.generator, jax.random.key(0))
+  (tmp_path / "stylegan2-ffhq-config-f.pt").write_bytes(b"")   # the .pt itself, unconverted
+  config = tiny_generate_config(str(tmp_path / "stylegan2-ffhq-config-f.pt"))
+  with pytest.raises(FileNotFoundError, match=r"is a file .*convert_checkpoint.py"):
+    weights.load_generator(config.generator, jax.random.key(0))
 
 
 def test_generate_job_writes_images_and_resumes(tmp_path):
@@ -149,6 +153,9 @@ def test_generate_job_writes_images_and_resumes(tmp_path):
   assert summary["written_now"] == 1 and summary["kept_from_earlier_runs"] == 2
   assert paths[1].read_bytes() == first[1]
   assert os.path.getmtime(paths[0]) == mtime0
+  config.truncation = 0.5   # other settings: the kept images would be mislabelled
+  with pytest.raises(run_settings.SettingsMismatchError, match="truncation: 0.7 there, 0.5"):
+    generate.run(config, str(tmp_path))
 
 
 def test_sample_fn_matches_manual_pipeline():

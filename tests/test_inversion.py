@@ -263,6 +263,15 @@ def test_projection_reduces_the_loss_and_batches_equal_single_images(tiny_genera
   assert diff.max() < 2e-3 and diff.mean() < 1e-4, (diff.max(), diff.mean())
 
 
+def test_projection_settings_that_cannot_work_fail_clearly(tiny_generator):
+  for ramp in ("lr_rampup", "lr_rampdown", "noise_ramp"):
+    with pytest.raises(ValueError, match=f"projection.{ramp}=0.0 must be > 0"):
+      projection.ProjectionConfig(**{ramp: 0.0})   # projector.py divides by it
+  model = tiny_generator[0]
+  with pytest.raises(ValueError, match="needs a Perceptual"):   # not silently MSE-free
+    projection.make_projector(model, projection.ProjectionConfig(lpips=1.0), None)
+
+
 def test_projection_w_mode_gives_equal_rows(tiny_generator):
   model, params, targets, mean, std = tiny_generator
   cfg = projection.ProjectionConfig(steps=2, mse=1.0, lpips=0.0, w_plus=False)
