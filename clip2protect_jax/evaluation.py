@@ -71,7 +71,7 @@ def fr_similarities(fr_params: Mapping[str, Any], images: Mapping[str, np.ndarra
 
 def dlib_descriptor(photo: np.ndarray, box: Sequence[float]) -> np.ndarray:
   """dlib's 128-D descriptor of the face in `box` (l, t, r, b photo pixels) of uint8 RGB."""
-  import dlib
+  dlib = align.import_dlib()
   predictor, descriptor = align.dlib_descriptor_models()
   rect = dlib.rectangle(*(int(round(v)) for v in box))
   img = np.ascontiguousarray(photo)
@@ -84,11 +84,13 @@ def dlib_victim(workdir: str, records: Sequence[dict[str, Any]], photos: Mapping
   record's "source_reference" photo, else the original photo), for the original photo, the
   reconstruction pasted back (what the generator alone does to the face) and the protected
   photo. The face is located by its original detection box, so the victim is measured on
-  recognition, not detection; reference photos by their largest face."""
+  recognition, not detection; reference photos by their largest face, its box clipped to
+  the photo as for their FR embeddings (pipeline.photo_embeddings)."""
   @functools.lru_cache(maxsize=None)
   def largest_face(path: str) -> np.ndarray:
     photo = image_io.read_rgb(path)
-    return dlib_descriptor(photo, align.largest_face_box(photo, config.align.upsample, path))
+    box = align.largest_face_box(photo, config.align.upsample, path)
+    return dlib_descriptor(photo, align.clip_box(box, photo.shape))
 
   target_desc = largest_face(config.target.eval_photo)
   per_face = {}

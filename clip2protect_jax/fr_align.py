@@ -94,7 +94,7 @@ def dlib_chip_transform(image: np.ndarray, box: Sequence[float], size: int = 150
   """[2, 3] of dlib's face chip: 5-point landmarks in `box` (l, t, r, b), then
   `get_face_chip_details(shape, size, padding)`; chip corners map to the rotated rect's
   corners, as dlib's get_mapping_to_chip."""
-  import dlib
+  dlib = align.import_dlib()
   img = np.ascontiguousarray(image)
   rect = dlib.rectangle(*(int(round(v)) for v in box))
   predictor5, _ = align.dlib_descriptor_models()
@@ -130,7 +130,7 @@ def loose_transform(landmarks68: np.ndarray, size: int) -> np.ndarray:
 
 def landmarks68(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
   """dlib's 68 landmarks [68, 2] of the face in `box` (l, t, r, b) of uint8 RGB `image`."""
-  import dlib
+  dlib = align.import_dlib()
   _, predictor = align.dlib_models()
   rect = dlib.rectangle(*(int(round(v)) for v in box))
   shape = predictor(np.ascontiguousarray(image), rect)

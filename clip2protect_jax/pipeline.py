@@ -111,6 +111,7 @@ def check_inputs(config) -> None:
     if config.target[crop]:
       with Image.open(config.target[photo]) as im:
         check_crop(config.target[crop], (im.height, im.width), config.target[photo])
+  check_references(config)
   if config.align.enabled and config.align.output_size != config.generator.size:
     logging.warning("config.align.output_size=%d differs from the generator's %d: aligned "
                     "faces are resized (PIL bilinear) for tuning", config.align.output_size,
@@ -179,6 +180,26 @@ def photo_embeddings(names: Sequence[str], params: Mapping[str, Any], photos: Ma
   return out
 
 
+def check_references(config) -> None:
+  """Every photo has its dodging reference (config.evaluate.source_references), showing a
+  face: checked before any work, as a missing one would stop the job after tuning."""
+  if not config.evaluate.source_references:
+    return
+  if config.align.face_policy == "all":
+    raise ValueError(
+        "config.evaluate.source_references gives each photo ONE reference photo, whose "
+        "largest face is compared with the photo's face: use align.face_policy=largest, "
+        "last or a face index, not 'all'")
+  for photo in inversion.list_photos(config.photos):
+    reference = source_reference(config, photo)
+    try:
+      align.largest_face_box(image_io.read_rgb(reference), config.align.upsample, reference)
+    except align.FaceAlignmentError as e:
+      raise align.FaceAlignmentError(
+          f"{e} It is the dodging reference of {photo} "
+          "(config.evaluate.source_references).") from None
+
+
 def source_reference(config, source: str) -> str | None:
   """The dodging reference of photo `source`: the file of config.evaluate.source_references
   at the photo's path relative to config.photos, with any photo extension (another photo of
@@ -213,7 +234,7 @@ def read_target_crop(photo: np.ndarray, path: str, crop: Sequence[int], upsample
     except align.FaceAlignmentError as e:
       raise align.FaceAlignmentError(f"{e} For a target photo, config.target.crop="
                                      "(row0, row1, col0, col1) gives the crop.") from None
-    r0, r1, c0, c1 = max(t, 0), min(b, photo.shape[0]), max(l, 0), min(r, photo.shape[1])
+    c0, r0, c1, r1 = align.clip_box((l, t, r, b), photo.shape)
   out = photo[r0:r1, c0:c1]
   if out.size == 0:
     raise ValueError(f"target crop {(r0, r1, c0, c1)} of {path} {photo.shape} is empty")
@@ -549,8 +570,6 @@ def run(config, workdir: str) -> dict[str, Any]:
                      f"the protected faces in {out_dir}")
   inv = inversion.run(config, workdir)
   arrays = inv["arrays"]
-  for source in sorted(set(map(str, arrays["sources"]))):   # before any work
-    source_reference(config, source)
   inv_dir = os.path.join(workdir, inversion.SUBDIR)
   ids = [str(i) for i in arrays["ids"]]
   done = [f for f in ids if os.path.exists(result_path(out_dir, f))]

@@ -240,10 +240,18 @@ def test_dodging_reference_is_another_photo_of_the_source(tiny_run, tmp_path):
   os.chdir(ROOT)
   try:
     with pytest.raises(FileNotFoundError, match=r"astronaut.png needs exactly one"):
-      pipeline.run(config, work)   # before any face is tuned
+      pipeline.run(config, work)   # before any work
     assert not os.path.exists(os.path.join(work, "protect", "results"))
-    for name in ("astronaut", "biden"):
-      os.symlink(os.path.join(ROOT, config.target.eval_photo), refs / (name + ".jpg"))
+    Image.fromarray(np.full((120, 120, 3), 90, np.uint8)).save(refs / "astronaut.png")
+    os.symlink(os.path.join(ROOT, config.target.eval_photo), refs / "biden.jpg")
+    with pytest.raises(align.FaceAlignmentError, match=r"no face found.*reference of .*astr"):
+      pipeline.check_inputs(config)
+    os.remove(refs / "astronaut.png")
+    os.symlink(os.path.join(ROOT, config.target.eval_photo), refs / "astronaut.jpg")
+    group = config.copy_and_resolve_references()
+    group.align.face_policy = "all"   # one reference per photo cannot serve several faces
+    with pytest.raises(ValueError, match="not 'all'"):
+      pipeline.check_inputs(group)
     metrics = pipeline.run(config, work)
     plain = config.copy_and_resolve_references()
     plain.evaluate.source_references = ""

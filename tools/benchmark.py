@@ -14,8 +14,9 @@ memory traffic; see bench._cost_info) and the executable's memory. Modes:
                 --upsample_impls, --conv_impls and --modulations: LPIPS-VGG + 0.1 MSE at
                 256, Adam update (random LPIPS weights; LPIPS's VGG runs in the row's
                 dtype, i.e. bf16 rows = generator.dtype and tune.lpips_dtype bfloat16).
-                The configurations of one batch size are compiled one after the other,
-                then timed one by one; --max_batch adds the largest batch that the
+                Batch sizes in order, each configuration compiled, timed and written
+                in turn (JSON, atomically: a run cut by a time limit keeps them);
+                --max_batch adds the largest batch that the
                 compiled memory says fits; --profile_batches breaks the step down by HLO
                 instruction (device time from a profiler trace); --cost_only only compiles
                 and prints FLOPs and traffic; --target compiles for an H100/H200 without
@@ -155,7 +156,7 @@ def main(argv):
         results.append(r)
         if mode == "synth":
           outputs[(dtype, impl, bs)] = np.asarray(make_fn(model, mode)(*args))
-  if "tune_step" in FLAGS.modes:   # written after every batch size: a cut run keeps them
+  if "tune_step" in FLAGS.modes:   # written after every configuration: a cut run keeps them
     results += tune_step_benchmarks(precision, lambda rs: write_json(results + rs))
   pipeline_modes = [m for m in FLAGS.modes if m in ("protect_step", "end_to_end")]
   if pipeline_modes:
@@ -264,9 +265,9 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
 
   results = []
 
-  def wave(configs):
-    """Compiles and times each configuration in turn, results written after each (a run
-    cut by a time limit keeps every configuration finished before)."""
+  def wave(configs, extra=None):
+    """Compiles and times each configuration in turn, results (+ extra fields) written
+    after each (a run cut by a time limit keeps every configuration finished before)."""
     out = []
     for config in configs:
       step, make_args, _ = case(*config)
@@ -274,7 +275,7 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
       job = (step, bench.place_abstract(abstract, target) if target else abstract)
       compiled = bench.compile_many(
           {config: job}, lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))
-      out.append(run(config, compiled.pop(config)))
+      out.append({**run(config, compiled.pop(config)), **(extra or {})})
       progress(results + out)
     return out
 
@@ -288,10 +289,9 @@ def tune_step_benchmarks(precision, progress=lambda results: None) -> list[dict]
                                   "modulation"))
     largest = {g: largest_fitting_batch([r for r in results if config_of(r) == g], limit)
                for g in groups}
-    results += [{**r, "largest_fitting_estimate": True} for r in wave(
-        [g + (bs,) for g, bs in largest.items()
-         if bs and bs > max(map(int, FLAGS.batch_sizes))])]
-    progress(results)
+    results += wave([g + (bs,) for g, bs in largest.items()
+                     if bs and bs > max(map(int, FLAGS.batch_sizes))],
+                    {"largest_fitting_estimate": True})
   return results
 
 

@@ -51,11 +51,11 @@ part() {
   echo "== part $n exit status ${PIPESTATUS[0]} (124: cut by its time limit)" | filter
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; } 2>&1 | filter
-backend=$($py -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', \
-  flax.__version__, jax.devices()); print(jax.default_backend())" 2>&1)
-echo "$backend" | sed '$d' | filter
-if [[ $(echo "$backend" | tail -n 1) != gpu && ${ALLOW_CPU:-0} != 1 ]]; then
-  echo "$py: jax has no GPU backend (last line above); use a python with CUDA jax, or" \
+versions=$($py -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', \
+  flax.__version__, jax.devices()); print('backend=' + jax.default_backend())" 2>&1)
+echo "$versions" | filter
+if ! grep -qx "backend=gpu" <<< "$versions" && [[ ${ALLOW_CPU:-0} != 1 ]]; then
+  echo "$py: jax has no GPU backend (above); use a python with CUDA jax, or" \
     "ALLOW_CPU=1 for a dry run" | filter
   exit 2
 fi
@@ -93,7 +93,7 @@ part 4 130 tools/check_tuning.py --size=${CHECK_SIZE:-256} \
   --batch=4 --steps=20 $(chosen | sed 's/_impls=/_impl=/g; s/modulations/modulation/') \
   --json_out="$out/check.json"
 # 5. The fastest graph at 4x the batch and the largest batch that fits (batch 8 again,
-#    from the compilation cache; max.json is rewritten after each batch size).
+#    from the compilation cache; max.json is rewritten after each configuration).
 part 5 130 tools/benchmark.py "${tune[@]}" --schedules=per_image \
   $(chosen) --dtypes=bfloat16 --batch_sizes=$b,$((4 * b)) --max_batch \
   --json_out="$out/max.json"
