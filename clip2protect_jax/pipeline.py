@@ -190,8 +190,8 @@ def check_references(config) -> None:
         "config.evaluate.source_references gives each photo ONE reference photo, whose "
         "largest face is compared with the photo's face: use align.face_policy=largest, "
         "last or a face index, not 'all'")
-  for photo in inversion.list_photos(config.photos):
-    reference = source_reference(config, photo)
+  photos = inversion.list_photos(config.photos)
+  for photo, reference in zip(photos, source_references(config, photos)):
     try:
       align.largest_face_box(image_io.read_rgb(reference), config.align.upsample, reference)
     except align.FaceAlignmentError as e:
@@ -200,26 +200,32 @@ def check_references(config) -> None:
           "(config.evaluate.source_references).") from None
 
 
-def source_reference(config, source: str) -> str | None:
-  """The dodging reference of photo `source`: the file of config.evaluate.source_references
-  at the photo's path relative to config.photos, with any photo extension (another photo of
-  the same person, as the paper evaluates dodging); None when that field is ''."""
+def source_references(config, sources: Sequence[str]) -> list[str | None]:
+  """The dodging reference of each photo in `sources`: the file of
+  config.evaluate.source_references at the photo's path relative to config.photos, with any
+  photo extension (another photo of the same person, as the paper evaluates dodging); None
+  each when that field is ''. Each folder is listed once."""
   references = config.evaluate.source_references
   if not references:
-    return None
-  rel = (os.path.relpath(source, config.photos) if os.path.isdir(config.photos)
-         else os.path.basename(source))
-  folder, stem = os.path.split(os.path.join(references, os.path.splitext(rel)[0]))
-  found = sorted(f for f in (os.listdir(folder) if os.path.isdir(folder) else [])
-                 if os.path.splitext(f)[0] == stem
-                 and f.lower().endswith(inversion.PHOTO_EXTENSIONS))
-  if len(found) != 1:
-    raise FileNotFoundError(
-        f"config.evaluate.source_references={references!r}: {source} needs exactly one "
-        f"reference photo {os.path.join(folder, stem)}.<jpg|png|...> (another photo of the "
-        f"same person), found {found or 'none'}. Set source_references='' to measure "
-        "dodging against the original photo.")
-  return os.path.join(folder, found[0])
+    return [None] * len(sources)
+  listed: dict[str, list[str]] = {}
+  out = []
+  for source in sources:
+    rel = (os.path.relpath(source, config.photos) if os.path.isdir(config.photos)
+           else os.path.basename(source))
+    folder, stem = os.path.split(os.path.join(references, os.path.splitext(rel)[0]))
+    if folder not in listed:
+      listed[folder] = sorted(f for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                              if f.lower().endswith(inversion.PHOTO_EXTENSIONS))
+    found = [f for f in listed[folder] if os.path.splitext(f)[0] == stem]
+    if len(found) != 1:
+      raise FileNotFoundError(
+          f"config.evaluate.source_references={references!r}: {source} needs exactly one "
+          f"reference photo {os.path.join(folder, stem)}.<jpg|png|...> (another photo of the "
+          f"same person), found {found or 'none'}. Set source_references='' to measure "
+          "dodging against the original photo.")
+    out.append(os.path.join(folder, found[0]))
+  return out
 
 
 def read_target_crop(photo: np.ndarray, path: str, crop: Sequence[int], upsample: int
@@ -398,7 +404,7 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
 
   images = {"original": np.asarray(sources01[:n]), "reconstruction": np.asarray(recon[:n]),
             "protected": np.asarray(protected[:n])}
-  references = [source_reference(config, str(arrays["sources"][i])) for i in index]
+  references = source_references(config, [str(arrays["sources"][i]) for i in index])
   source_emb = None
   if config.evaluate.source_references:
     emb = photo_embeddings(tuple(loaded.fr_params), loaded.fr_params,

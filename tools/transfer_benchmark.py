@@ -173,7 +173,7 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
       names, params, jnp.asarray(eval_crop), eval_aligned).items()}
   config = latent_config(base, photos_dir, references_dir, target, evaluation, surrogates,
                          (victim,), FLAGS.mode)
-  references = [pipeline.source_reference(config, path) for path in sources]
+  references = pipeline.source_references(config, sources)
   ref_emb = pipeline.photo_embeddings((*names, ev.DLIB), params,
                                       {p: p for p in (evaluation, *references)})
   sims = ev.fr_similarities(params, images, {k: np.asarray(v) for k, v in crops.items()},
