@@ -15,22 +15,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
-from clip2protect_jax import image_io, run_settings
+from clip2protect_jax import image_io, parallel, run_settings
 from clip2protect_jax.models import stylegan2
 from clip2protect_jax.weights import load_generator
 
 
-def make_sample_fn(model: stylegan2.Generator):
-  """Jitted (params, z [B, D], noise, w_avg [D], psi) -> images [B, size, size, 3] in [-1, 1]."""
+def make_sample_fn(model: stylegan2.Generator, mesh: Mesh | None = None):
+  """Jitted (params, z [B, D], noise, w_avg [D], psi) -> images [B, size, size, 3] in [-1, 1];
+  with a mesh, each of its devices samples its share of the batch (parallel.split_batch)."""
 
-  @jax.jit
   def sample(params, z, noise, w_avg, psi):
     w = model.apply({"params": params}, z, method=stylegan2.Generator.get_latent)
     wplus = stylegan2.broadcast_to_wplus(stylegan2.truncate(w, w_avg, psi), model.size)
     return model.apply({"params": params}, wplus, noise)
 
-  return sample
+  return jax.jit(parallel.split_batch(sample, mesh, (None, 0, None, None, None)))
 
 
 def run(config, workdir: str) -> dict:
@@ -53,18 +54,21 @@ def run(config, workdir: str) -> dict:
   # All z are drawn up front from one key so that image i is the same whatever the batch
   # size and whichever images were already written.
   z_all = jax.random.normal(z_key, (config.num_images, model.style_dim))
-  sample = make_sample_fn(model)
+  bs = config.batch_size
+  mesh = parallel.data_mesh(config.devices, bs, "config.batch_size")
+  sample = make_sample_fn(model, mesh)
+  params, noise, w_avg = parallel.replicate((gen.params, gen.noise, w_avg), mesh)
   paths = [os.path.join(image_dir, f"{i:06d}.png") for i in range(config.num_images)]
   todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
   timings = []
-  bs = config.batch_size
   for start in range(0, len(todo), bs):
     idx = todo[start:start + bs]
     z = z_all[np.asarray(idx)]
     if len(idx) < bs:  # pad to a fixed shape: one compilation for every batch
       z = jnp.concatenate([z, jnp.zeros((bs - len(idx), model.style_dim))])
     t0 = time.perf_counter()
-    images = np.asarray(sample(gen.params, z, gen.noise, w_avg, config.truncation))
+    images = np.asarray(sample(params, parallel.shard_batch(z, mesh), noise, w_avg,
+                               config.truncation))
     timings.append(time.perf_counter() - t0)
     if not np.all(np.isfinite(images)):
       raise FloatingPointError(f"non-finite generator output for images {idx}")
@@ -79,7 +83,7 @@ def run(config, workdir: str) -> dict:
       "kept_from_earlier_runs": config.num_images - len(todo),
       "truncation": config.truncation,
       "seed": config.seed,
-      "device": str(jax.devices()[0]),
+      "devices": [str(d) for d in (mesh.devices.flat if mesh else jax.devices()[:1])],
       "first_batch_seconds_incl_compile": timings[0] if timings else None,
       "later_batches_mean_seconds": float(np.mean(timings[1:])) if len(timings) > 1 else None,
       "images": [os.path.relpath(p, workdir) for p in paths],

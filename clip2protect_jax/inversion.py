@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from clip2protect_jax import align, image_io, run_settings
+from clip2protect_jax import align, image_io, parallel, run_settings
 from clip2protect_jax.image_io import atomic_savez, atomic_write_json, file_sha256
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -227,12 +227,15 @@ def encode_e4e(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
         " (or use --config.method=projection).")
   model, params, latent_avg = load_converted(path)
   check_n_latent(config, latent_avg.shape[0], f"e4e checkpoint {path}")
-  encode = jax.jit(lambda p, x: to_wplus(model.apply({"params": p}, x), latent_avg))
   bs = config.e4e.batch_size
+  mesh = parallel.data_mesh(config.devices, bs, "config.e4e.batch_size")
+  params, latent_avg = parallel.replicate((params, latent_avg), mesh)
+  encode = jax.jit(parallel.split_batch(
+      lambda p, x: to_wplus(model.apply({"params": p}, x), latent_avg), mesh, (None, 0)))
   for batch in _batches(todo, bs):
     x = images_to_input(np.stack([load_aligned(out_dir, f, 256) for f in batch]))
     with jax.default_matmul_precision(config.e4e.matmul_precision):
-      wplus = np.asarray(encode(params, jnp.asarray(pad_batch(x, bs))))
+      wplus = np.asarray(encode(params, parallel.shard_batch(pad_batch(x, bs), mesh)))
     for j, face in enumerate(batch):
       atomic_savez(latent_path(out_dir, face["id"]), wplus=wplus[j].astype(np.float32))
   return f"e4e {path}"
@@ -248,37 +251,41 @@ def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   from clip2protect_jax.weights import load_generator, load_lpips
   base = jax.random.key(config.seed)
   _, lpips_key, stats_key, face_base = jax.random.split(base, 4)
+  p = config.projection
+  bs = p.batch_size
+  mesh = parallel.data_mesh(config.devices, bs, "config.projection.batch_size")
   gen = load_generator(config.generator, generator_key(config.seed))
   check_n_latent(config, gen.model.n_latent, "generator")
+  gen_params = parallel.replicate(gen.params, mesh)
   perceptual, lp_desc = None, "none (lpips weight 0)"
-  if config.projection.lpips:
-    lp_model, lp_vars, lp_desc = load_lpips(config.projection.lpips_weights, lpips_key)
-    perceptual = projection.lpips_perceptual(lp_model, lp_vars)
-  p = config.projection
+  if p.lpips:
+    lp_model, lp_vars, lp_desc = load_lpips(p.lpips_weights, lpips_key)
+    perceptual = projection.lpips_perceptual(lp_model, parallel.replicate(lp_vars, mesh))
   cfg = projection.ProjectionConfig(
       steps=p.steps, lr=p.lr, lr_rampup=p.lr_rampup, lr_rampdown=p.lr_rampdown,
       noise=p.noise, noise_ramp=p.noise_ramp, noise_regularize=p.noise_regularize,
       mse=p.mse, lpips=p.lpips, w_plus=p.w_plus, n_mean_latent=p.n_mean_latent)
-  mean, std = projection.latent_stats(gen.model, gen.params, stats_key, cfg.n_mean_latent)
-  projector = projection.make_projector(gen.model, cfg, perceptual)
+  mean, std = projection.latent_stats(gen.model, gen_params, stats_key, cfg.n_mean_latent)
+  projector = projection.make_projector(gen.model, cfg, perceptual, mesh)
   size = min(256, gen.model.size)
-  bs = p.batch_size
   for batch in _batches(todo, bs):
     u8 = np.stack([load_aligned(out_dir, f, size) for f in batch])
-    targets = jnp.asarray(pad_batch(u8, bs).astype(np.float32) / 127.5 - 1.0)
+    targets = parallel.shard_batch(pad_batch(u8, bs).astype(np.float32) / 127.5 - 1.0, mesh)
     keys = [image_key(face_base, f["id"]) for f in batch]
-    keys = jnp.stack(keys + [keys[-1]] * (bs - len(batch)))
+    keys = parallel.shard_batch(jnp.stack(keys + [keys[-1]] * (bs - len(batch))), mesh)
     wplus, noises, losses = projection.project(
-        gen.model, gen.params, targets, base, cfg, perceptual, image_keys=keys,
+        gen.model, gen_params, targets, base, cfg, perceptual, image_keys=keys,
         latent_mean=mean, latent_std=std, projector=projector)
+    # Read back whole (with a mesh, an eager index into a split array runs collectives).
     wplus, noises = np.asarray(wplus), [np.asarray(n) for n in noises]
+    total = np.asarray(losses["total"])
     if not np.all(np.isfinite(wplus[:len(batch)])):
       raise FloatingPointError(
           f"projection gave non-finite W+ codes for {[f['id'] for f in batch]}: lower "
           "config.projection.lr or the noise_regularize weight")
     for j, face in enumerate(batch):
       atomic_savez(latent_path(out_dir, face["id"]), wplus=wplus[j],
-                   loss=np.float32(losses["total"][j]),
+                   loss=np.float32(total[j]),
                    **{f"noise_{k}": n[j] for k, n in enumerate(noises)})
   return f"projection ({gen.description}; {lp_desc}; {cfg.steps} steps)"
 

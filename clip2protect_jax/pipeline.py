@@ -35,7 +35,7 @@ from absl import logging
 from PIL import Image
 
 from clip2protect_jax import (align, checkpoints, evaluation, fr_align, image_io, inversion,
-                              protect, report, run_settings, tuning)
+                              parallel, protect, report, run_settings, tuning)
 from clip2protect_jax import weights as weights_lib
 from clip2protect_jax.image_io import atomic_write_json
 from clip2protect_jax.losses_clip import compose, load_templates, text_features
@@ -286,6 +286,20 @@ def load_models(config) -> Loaded:
                 {k: np.asarray(v) for k, v in eval_emb.items()}, descriptions)
 
 
+def place_models(loaded: Loaded, mesh) -> Loaded:
+  """`loaded` with every parameter and constant array replicated on the mesh's devices (a
+  data-parallel run; parallel.replicate); no mesh: `loaded`."""
+  if mesh is None:
+    return loaded
+  gen = loaded.generator
+  params, noise, latent_avg, lpips_vars, shared, fr_params = parallel.replicate(
+      (gen.params, gen.noise, gen.latent_avg, loaded.lpips_vars, loaded.shared,
+       loaded.fr_params), mesh)
+  gen = dataclasses.replace(gen, params=params, noise=noise, latent_avg=latent_avg)
+  return dataclasses.replace(loaded, generator=gen, lpips_vars=lpips_vars, shared=shared,
+                             fr_params=fr_params)
+
+
 # ------------------------------------------------------------------ per-face inputs
 
 def face_boxes(config, arrays: dict[str, np.ndarray], index: Sequence[int],
@@ -349,45 +363,57 @@ def face_noise(config, fid: str, latents_npz: str) -> list[np.ndarray]:
 # ------------------------------------------------------------------ one batch
 
 @functools.lru_cache(maxsize=4)
-def _draw_fn(generator: stylegan2.Generator):
-  return jax.jit(functools.partial(protect.render_batch, generator))
+def _draw_fn(generator: stylegan2.Generator, mesh):
+  return jax.jit(parallel.split_batch(functools.partial(protect.render_batch, generator),
+                                      mesh, (tuning.BATCH_AXES, 0, 0)))
 
 
 def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str,
-              carry: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], Any,
-                                   dict[str, float]]:
-  """Tunes, protects and evaluates faces `index`; returns (records, images, carry, seconds)."""
+              carry: Any, mesh=None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray],
+                                              Any, dict[str, float]]:
+  """Tunes, protects and evaluates faces `index`; returns (records, images, carry, seconds).
+  mesh: parallel.data_mesh to split the batch over (`loaded` placed on it: place_models)."""
   size, bs, n = config.generator.size, config.batch_size, len(index)
   ids = [str(arrays["ids"][i]) for i in index]
   faces = [{"aligned_png": os.path.join("aligned", f + ".png")} for f in ids]
   aligned = np.stack([inversion.load_aligned(inv_dir, f, size) for f in faces])
   noise_each = [face_noise(config, f, inversion.latent_path(inv_dir, f)) for f in ids]
   pad = functools.partial(inversion.pad_batch, size=bs)  # one compiled shape per job
-  noise = [jnp.asarray(pad(np.stack([nz[k] for nz in noise_each])))
-           for k in range(len(noise_each[0]))]
-  wplus0 = jnp.asarray(pad(arrays["wplus"][list(index)]))
-  sources01 = jnp.asarray(pad(aligned).astype(np.float32) / 255.0)
-  crops = {k: jnp.asarray(pad(v)) for k, v in face_crops(
-      tuple(loaded.fr_params), aligned, face_boxes(config, arrays, index, aligned)).items()}
-  boxes = crops["box"]
-  keys = jnp.stack([inversion.image_key(jax.random.fold_in(jax.random.key(config.seed), 3), f)
-                    for f in ids + [ids[-1]] * (bs - n)])
+  # The batch on the host (numpy; what is sliced or read back is sliced here: with a mesh,
+  # an eager slice of a split array runs collectives) and on the devices.
+  host = {"noise": [pad(np.stack([nz[k] for nz in noise_each]))
+                    for k in range(len(noise_each[0]))],
+          "wplus0": pad(arrays["wplus"][list(index)]),
+          "sources01": pad(aligned).astype(np.float32) / 255.0,
+          "crops": {k: pad(v) for k, v in face_crops(
+              tuple(loaded.fr_params), aligned,
+              face_boxes(config, arrays, index, aligned)).items()}}
+  put = functools.partial(parallel.shard_batch, mesh=mesh)
+  noise, wplus0, sources01, crops = (put(host[k]) for k in ("noise", "wplus0", "sources01",
+                                                            "crops"))
+  boxes = host["crops"]["box"]
+  keys = put(jnp.stack([inversion.image_key(jax.random.fold_in(jax.random.key(config.seed), 3),
+                                            f) for f in ids + [ids[-1]] * (bs - n)]))
   gen = loaded.generator
 
   t0 = time.perf_counter()
   ts = tuning_settings(config)
   if ts.schedule == "cumulative":  # padding copies would advance the carried generator
+    # One image at a time: on every device at once with a mesh (its inputs not split).
     tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
-                        wplus0[:n], [m[:n] for m in noise], sources01[:n] * 2 - 1, carry)
-    params = tuning.BatchParams(jax.tree_util.tree_map(lambda x: pad(np.asarray(x)),
+                        jnp.asarray(host["wplus0"][:n]), [jnp.asarray(m[:n]) for m in
+                                                          host["noise"]],
+                        jnp.asarray(host["sources01"][:n] * 2 - 1), carry)
+    params = tuning.BatchParams(jax.tree_util.tree_map(lambda x: put(pad(np.asarray(x))),
                                                        tuned.params.per_image),
                                 tuned.params.shared)
   else:
-    real = (np.arange(bs) < n).astype(np.float32)  # joint: padding must not pull the generator
+    real = put((np.arange(bs) < n).astype(np.float32))  # joint: padding must not pull it
     tuned = tuning.tune(gen.model, loaded.lpips_model, ts, gen.params, loaded.lpips_vars,
-                        wplus0, noise, sources01 * 2 - 1, weights=real)
+                        wplus0, noise, sources01 * 2 - 1, weights=real,
+                        mesh=mesh)
     params = tuned.params
-  recon = _draw_fn(gen.model)(params, wplus0, noise)
+  recon = _draw_fn(gen.model, mesh)(params, wplus0, noise)
   jax.block_until_ready(recon)
   t1 = time.perf_counter()
 
@@ -396,14 +422,16 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
       loaded.models, settings, params, wplus0, noise,
       {k: crops[k] for k in ("box", *registry.aligned_models(settings.surrogates))},
       sources01, jnp.asarray(loaded.target_crop01), loaded.shared, keys,
-      loaded.target_aligned01)
+      loaded.target_aligned01, mesh)
   protected, state, history = protect.protect(loaded.models, settings, params, consts,
-                                              loaded.shared)
+                                              loaded.shared, mesh)
   jax.block_until_ready(protected)
   t2 = time.perf_counter()
 
-  images = {"original": np.asarray(sources01[:n]), "reconstruction": np.asarray(recon[:n]),
-            "protected": np.asarray(protected[:n])}
+  images = {"original": host["sources01"][:n], "reconstruction": np.asarray(recon)[:n],
+            "protected": np.asarray(protected)[:n]}
+  losses = np.asarray(tuned.losses)
+  history = {k: np.asarray(v) for k, v in history.items()}
   references = source_references(config, [str(arrays["sources"][i]) for i in index])
   source_emb = None
   if config.evaluate.source_references:
@@ -411,7 +439,7 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
                            {p: p for p in references}, config.align.upsample)
     source_emb = {m: np.stack([e[p] for p in references]) for m, e in emb.items()}
   sims = evaluation.fr_similarities(loaded.fr_params, images,
-                                    {k: np.asarray(v[:n]) for k, v in crops.items()},
+                                    {k: v[:n] for k, v in host["crops"].items()},
                                     loaded.target_eval_emb, source_emb)
   t3 = time.perf_counter()
   records = []
@@ -419,15 +447,16 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
     i = index[j]
     records.append({
         "id": fid, "source": str(arrays["sources"][i]), "source_reference": references[j],
+        "devices": parallel.device_span(protected),   # its batch was split over
         "box": [float(v) for v in np.asarray(boxes[j])],
-        "fr_warps": {m: np.asarray(v[j]).tolist() for m, v in crops.items() if m != "box"},
+        "fr_warps": {m: v[j].tolist() for m, v in host["crops"].items() if m != "box"},
         "photo_box": photo_box(config, arrays, i, np.asarray(boxes[j])),
         "corners": np.asarray(arrays["corners"][i]).tolist(),
         "valid": np.asarray(arrays["valid"][i]).tolist(),
         "tune": {"steps": ts.steps, "schedule": ts.schedule,
                  "max_resolution": ts.max_resolution,
-                 "first_loss": float(tuned.losses[0, j]) if ts.steps else None,
-                 "final_loss": float(tuned.losses[-1, j]) if ts.steps else None},
+                 "first_loss": float(losses[0, j]) if ts.steps else None,
+                 "final_loss": float(losses[-1, j]) if ts.steps else None},
         "protect": {k: float(v[-1, j]) for k, v in history.items()} if history else {},
         "psnr": {"reconstruction_vs_original": evaluation.psnr(images["reconstruction"][j],
                                                                images["original"][j]),
@@ -591,14 +620,17 @@ def run(config, workdir: str) -> dict[str, Any]:
   descriptions = {}
   if todo:
     t0 = time.perf_counter()
-    loaded = load_models(config)
+    mesh = parallel.data_mesh(config.devices, config.batch_size, "config.batch_size")
+    loaded = place_models(load_models(config), mesh)
     descriptions = loaded.descriptions
     seconds["load"] = time.perf_counter() - t0
-    carry = load_carry(out_dir, config, loaded) if cumulative and done else None
+    carry = (parallel.replicate(load_carry(out_dir, config, loaded), mesh)
+             if cumulative and done else None)
     progress = Progress("tune+protect+evaluate", len(todo))
     for start in range(0, len(todo), config.batch_size):
       index = todo[start:start + config.batch_size]
-      records, images, carry, sec = run_batch(config, loaded, arrays, index, inv_dir, carry)
+      records, images, carry, sec = run_batch(config, loaded, arrays, index, inv_dir, carry,
+                                              mesh)
       for j, record in enumerate(records):
         write_face(out_dir, record, images, j)
       if cumulative:  # after the faces: a stop in between redoes them (cumulative_resume)

@@ -18,13 +18,16 @@ key, so a batch gives exactly what each image gives alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from clip2protect_jax import parallel
 from clip2protect_jax.models import stylegan2
 from clip2protect_jax.models.lpips import LPIPS
 
@@ -135,7 +138,7 @@ class Projector(NamedTuple):
 
 
 def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
-                   perceptual: Perceptual | None) -> Projector:
+                   perceptual: Perceptual | None, mesh: Mesh | None = None) -> Projector:
   """Returns the jitted Projector: `init(latent_mean, image_keys) -> state`,
   `target_features(targets) -> features` (None without a perceptual term; once per batch)
   and `step(state, gen_params, targets, target_features, image_keys, latent_std)
@@ -144,6 +147,8 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
   state = (latent, noises, opt_state, step count); image_keys: [N] PRNG keys, one per
   image: its initial noise maps and, folded with the step count, its latent noise.
   losses: dict of (N,) per-image terms (the step sums them: images are independent).
+  mesh: the batch-leading arguments lie split over its devices (parallel.shard_batch, the
+  rest parallel.replicate); each device projects its share.
   """
   if cfg.lpips and perceptual is None:
     raise ValueError("projection.lpips > 0 needs a Perceptual (lpips_perceptual of "
@@ -154,7 +159,6 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
   opt = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
   shapes = stylegan2.noise_shapes(model.size)
 
-  @jax.jit
   def init(latent_mean: jax.Array, image_keys: jax.Array):
     batch = image_keys.shape[0]
     latent = jnp.broadcast_to(latent_mean, (batch, model.style_dim))
@@ -168,7 +172,6 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
     latent = jnp.array(latent)
     return latent, noises, opt.init((latent, noises)), jnp.zeros((), jnp.int32)
 
-  @jax.jit
   def target_features(targets: jax.Array):
     return perceptual.features(targets) if use_perceptual else None
 
@@ -186,7 +189,6 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
     total = cfg.lpips * p + cfg.noise_regularize * reg + cfg.mse * mse
     return total, {"total": total, "perceptual": p, "noise_reg": reg, "mse": mse}
 
-  @jax.jit
   def step(state, gen_params, targets, target_feats, image_keys, latent_std):
     latent, noises, opt_state, count = state
     t = count / cfg.steps
@@ -200,7 +202,10 @@ def make_projector(model: stylegan2.Generator, cfg: ProjectionConfig,
     noises = [jax.vmap(normalize_noise)(n) for n in noises]
     return (latent, noises, opt_state, count + 1), losses
 
-  return Projector(init, step, target_features)
+  split = functools.partial(parallel.split_batch, mesh=mesh)
+  return Projector(jax.jit(split(init, in_axes=(None, 0))),
+                   jax.jit(split(step, in_axes=(0, None, 0, 0, 0, None))),
+                   jax.jit(split(target_features, in_axes=0)))
 
 
 def project(model: stylegan2.Generator, gen_params: Any, targets: jax.Array, key: jax.Array,

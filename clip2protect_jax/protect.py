@@ -19,8 +19,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
-from clip2protect_jax import augment, resize, tuning
+from clip2protect_jax import augment, parallel, resize, tuning
 from clip2protect_jax.losses import fr_adversarial_loss, latent_l2
 from clip2protect_jax.losses_clip import clip_image_features, nce_loss
 from clip2protect_jax.models import stylegan2
@@ -226,52 +227,59 @@ def _compile_key(settings: ProtectSettings) -> ProtectSettings:
 
 
 @functools.lru_cache(maxsize=16)
-def make_batch_step(models: ProtectModels, settings: ProtectSettings) -> Callable:
+def make_batch_step(models: ProtectModels, settings: ProtectSettings,
+                    mesh: Mesh | None = None) -> Callable:
   """The jitted (state, gen_params (tuning.BatchParams), consts, shared) -> (state, metrics)
-  for a batch: the image step vmapped over images and the per-image generator params.
+  for a batch: the image step vmapped over images and the per-image generator params; with
+  a mesh, each of its devices steps its share of the batch (parallel.split_batch).
 
-  Cached per (models, settings): every batch of a job reuses one compiled step.
+  Cached per (models, settings, mesh): every batch of a job reuses one compiled step.
   """
-  step = make_image_step(models, settings)
-  return jax.jit(jax.vmap(step, in_axes=(0, tuning.BATCH_AXES, 0, None)), donate_argnums=(0,))
+  in_axes = (0, tuning.BATCH_AXES, 0, None)
+  step = jax.vmap(make_image_step(models, settings), in_axes=in_axes)
+  return jax.jit(parallel.split_batch(step, mesh, in_axes), donate_argnums=(0,))
 
 
 def protect(models: ProtectModels, settings: ProtectSettings, gen_params: tuning.BatchParams,
-            consts: ImageConstants, shared: SharedInputs
+            consts: ImageConstants, shared: SharedInputs, mesh: Mesh | None = None
             ) -> tuple[Array, ProtectState, dict[str, Array]]:
   """Runs the search for a batch; returns (protected [N, H, W, 3] in [0, 1], state, history).
 
   history: metric -> [updates, N]. With official_output_step the returned image is the
   forward pass of step index steps-1 (after steps-1 updates), as the official code saves.
+  mesh: the batch's inputs lie split over its devices (parallel.shard_batch, the rest
+  parallel.replicate); each device searches for its share.
   """
   _check_batch_params(gen_params)
   state = jax.vmap(lambda c: init_state(models, settings, c))(consts)
   step_settings = _compile_key(settings)
   # The step donates the state: give it buffers of its own, not aliases of `consts`.
   state = jax.tree_util.tree_map(jnp.copy, state)
-  step = make_batch_step(models, step_settings)  # one per config
+  step = make_batch_step(models, step_settings, mesh)  # one per config
   n_updates = settings.steps - 1 if settings.official_output_step else settings.steps
   history = []
   for _ in range(n_updates):
     state, metrics = step(state, gen_params, consts, shared)
     history.append(metrics)
-  images = _make_draw(models, step_settings)(gen_params, state.wplus, state.noise, consts)
+  images = _make_draw(models, step_settings, mesh)(gen_params, state.wplus, state.noise,
+                                                   consts)
   stacked = {k: jnp.stack([h[k] for h in history]) for k in history[0]} if history else {}
   return images, state, stacked
 
 
 @functools.lru_cache(maxsize=16)
-def _make_draw(models: ProtectModels, settings: ProtectSettings):
+def _make_draw(models: ProtectModels, settings: ProtectSettings, mesh: Mesh | None):
   """Jitted (gen_params (BatchParams), wplus [N,...], optimised maps, consts) -> images
   [N, H, W, 3] in [0, 1]."""
   idx = optimised_noise_indices(models.generator.size, settings.noise_max_resolution)
-  return jax.jit(jax.vmap(
+  in_axes = (tuning.BATCH_AXES, 0, 0, 0)
+  return jax.jit(parallel.split_batch(jax.vmap(
       lambda p, w, nz, c: render(models.generator, p, w, _all_noise(c, nz, idx)),
-      in_axes=(tuning.BATCH_AXES, 0, 0, 0)))
+      in_axes=in_axes), mesh, in_axes))
 
 
 @functools.lru_cache(maxsize=16)
-def _make_constants_fn(models: ProtectModels, settings: ProtectSettings):
+def _make_constants_fn(models: ProtectModels, settings: ProtectSettings, mesh: Mesh | None):
   """Jitted (gen_params (BatchParams), wplus0, noise, crops, sources, target crop, aligned
   target crops, shared) -> (clip_x0 [N, 1, E], source embeddings, target embeddings)."""
 
@@ -288,14 +296,16 @@ def _make_constants_fn(models: ProtectModels, settings: ProtectSettings):
     target = {m: jnp.broadcast_to(v, (n,) + v.shape) for m, v in target.items()}
     return clip_x0, source, target
 
-  return jax.jit(fn)
+  return jax.jit(parallel.split_batch(fn, mesh, (tuning.BATCH_AXES, 0, 0, 0, 0, None, None,
+                                                 None)))
 
 
 def prepare_constants(models: ProtectModels, settings: ProtectSettings,
                       gen_params: tuning.BatchParams, wplus0: Array, noise: Sequence[Array],
                       crops: Mapping[str, Array], source_images01: Array,
                       target_crop01: Array, shared: SharedInputs, keys: Array,
-                      target_aligned01: Mapping[str, Array] | None = None) -> ImageConstants:
+                      target_aligned01: Mapping[str, Array] | None = None,
+                      mesh: Mesh | None = None) -> ImageConstants:
   """Everything fixed during the search, computed once for a batch of N images.
 
   gen_params: the N images' generator (tuning.tune(...).params, or tuning.BatchParams({},
@@ -304,10 +314,11 @@ def prepare_constants(models: ProtectModels, settings: ProtectSettings,
   [N, H, W, 3] in [0, 1] (the aligned originals); target_crop01 [h, w, 3] in [0, 1]; keys
   [N] PRNG keys (e.g. fold_in(base, image_index), so results don't depend on batching);
   target_aligned01: aligned surrogate -> [h, w, 3] in [0, 1] (see target_embeddings).
+  mesh: the batch's inputs lie split over its devices; each device computes its share.
   """
   _check_batch_params(gen_params)
   crops = {k: jnp.asarray(v) for k, v in crops.items()}
-  clip_x0, source, target = _make_constants_fn(models, _compile_key(settings))(
+  clip_x0, source, target = _make_constants_fn(models, _compile_key(settings), mesh)(
       gen_params, wplus0, list(noise), crops, source_images01, target_crop01,
       dict(target_aligned01 or {}), shared)
   return ImageConstants(wplus0, tuple(noise), crops, clip_x0, source, target, keys)

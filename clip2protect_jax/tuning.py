@@ -38,9 +38,11 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import optax
 from flax import traverse_util
 
+from clip2protect_jax import parallel
 from clip2protect_jax.losses_clip import (TuningTarget, lpips_mse_loss_to_target,
                                           tuning_target)
 from clip2protect_jax.models.lpips import LPIPS
@@ -131,13 +133,17 @@ def per_image_copies(tree: Any, n: int) -> Any:
   return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
 
 
-def _adam_step(loss_fn: Callable, settings: TuningSettings) -> Callable:
+def _adam_step(loss_fn: Callable, settings: TuningSettings,
+               axis_name: str | None = None) -> Callable:
   """(tuned, opt_state, *inputs) -> (tuned, opt_state, aux): one Adam update of the tuned
-  params on loss_fn(tuned, *inputs) -> (loss, aux)."""
+  params on loss_fn(tuned, *inputs) -> (loss, aux); axis_name: the loss's batch is split over
+  that mesh axis, and the gradient is summed over it."""
   optimizer = make_optimizer(settings)
 
   def step(tuned, opt_state, *inputs):
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(tuned, *inputs)
+    if axis_name is not None:
+      grads = jax.lax.psum(grads, axis_name)
     updates, opt_state = optimizer.update(grads, opt_state, tuned)
     return optax.apply_updates(tuned, updates), opt_state, aux
 
@@ -179,21 +185,25 @@ def make_image_step(generator: Generator, lpips_model: LPIPS,
   return _adam_step(loss_fn, settings)
 
 
-def make_joint_step(generator: Generator, lpips_model: LPIPS,
-                    settings: TuningSettings) -> Callable:
+def make_joint_step(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
+                    axis_name: str | None = None) -> Callable:
   """One Adam step of ONE generator on a whole batch (schedule 'joint').
 
   (tuned, opt_state, frozen, wplus0 [B, n_latent, D], noise [B, r, r, 1] maps, target (the
   batch's TuningTarget), weights [B] (1 = a real face, 0 = batch padding), lpips_params)
   -> (tuned, opt_state, per-image losses [B] before the update). The loss optimised is the
-  weighted mean of the per-image losses.
+  weighted mean of the per-image losses. axis_name: the batch is split over that mesh axis
+  (parallel.split_batch): the mean divides by the weight summed over it, and the gradient
+  is summed over it.
   """
   def loss_fn(tuned, frozen, wplus0, noise, target, weights, lpips_params):
     per_image = _batch_losses(generator, lpips_model, settings, merge_params(tuned, frozen),
                               wplus0, noise, target, lpips_params)
-    return jnp.sum(per_image * weights) / jnp.sum(weights), per_image
+    total = jnp.sum(weights) if axis_name is None else jax.lax.psum(jnp.sum(weights),
+                                                                      axis_name)
+    return jnp.sum(per_image * weights) / total, per_image
 
-  return _adam_step(loss_fn, settings)
+  return _adam_step(loss_fn, settings, axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("lpips_model", "settings"))
@@ -217,6 +227,22 @@ def initial_state(settings: TuningSettings, tuned: Any, n: int) -> tuple[Any, An
   return tuned, jax.vmap(optimizer.init)(tuned)
 
 
+def _initial_state(settings: TuningSettings, tuned: Any, n: int, mesh: Mesh | None
+                   ) -> tuple[Any, Any]:
+  """initial_state, made on the mesh's devices: per-image copies split over them (each
+  device makes its share; none holds all N), the joint mode's one copy replicated."""
+  if mesh is None:
+    return initial_state(settings, tuned, n)
+  return _compiled_initial_state(settings, n, mesh)(tuned)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_initial_state(settings: TuningSettings, n: int, mesh: Mesh) -> Callable:
+  place = (parallel.replicated_sharding(mesh) if settings.schedule == "joint"
+           else parallel.batch_sharding(mesh))
+  return jax.jit(functools.partial(initial_state, settings, n=n), out_shardings=place)
+
+
 def batch_inputs(settings: TuningSettings, frozen: Any, wplus0: Array,
                  noise: Sequence[Array], target: TuningTarget, lpips_params: Any,
                  weights: Array | None = None) -> tuple:
@@ -230,16 +256,22 @@ def batch_inputs(settings: TuningSettings, frozen: Any, wplus0: Array,
 
 @functools.lru_cache(maxsize=8)
 def compiled_step(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
-                  batched: bool = True) -> Callable:
+                  batched: bool = True, mesh: Mesh | None = None) -> Callable:
   """The jitted step of `settings.schedule`, cached so that every batch of a job reuses one
   compilation. per_image: the image step vmapped over parameter copies (batched) or alone;
   joint: make_joint_step. The tuned params and optimiser state are donated; the frozen
-  params are shared by the images."""
+  params are shared by the images. mesh (batched): split each batch over its devices
+  (parallel.split_batch)."""
   if settings.schedule == "joint":
-    return jax.jit(make_joint_step(generator, lpips_model, settings), donate_argnums=(0, 1))
+    step = make_joint_step(generator, lpips_model, settings,
+                           None if mesh is None else parallel.DATA_AXIS)
+    return jax.jit(parallel.split_batch(step, mesh, (None, None, None, 0, 0, 0, 0, None),
+                                        (None, None, 0)), donate_argnums=(0, 1))
   step = make_image_step(generator, lpips_model, settings)
   if batched:
-    return jax.jit(jax.vmap(step, in_axes=(0, 0, None, 0, 0, 0, None)), donate_argnums=(0, 1))
+    in_axes = (0, 0, None, 0, 0, 0, None)
+    return jax.jit(parallel.split_batch(jax.vmap(step, in_axes=in_axes), mesh, in_axes),
+                   donate_argnums=(0, 1))
   return jax.jit(step)
 
 
@@ -274,7 +306,8 @@ class TuneResult(NamedTuple):
 
 def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
          gen_params: Any, lpips_params: Any, wplus0: Array, noise: Sequence[Array],
-         targets: Array, carry: Any = None, weights: Array | None = None) -> TuneResult:
+         targets: Array, carry: Any = None, weights: Array | None = None,
+         mesh: Mesh | None = None) -> TuneResult:
   """Tunes the generator on N images.
 
   gen_params: the pretrained params (shared); wplus0 [N, n_latent, D]; noise: maps
@@ -285,14 +318,19 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   cumulative), the frozen ones once.
   weights (joint only): [N], 0 for batch padding that must not pull the shared generator;
   None = all 1.
+  mesh (per_image, joint): the batch's inputs lie split over its devices
+  (parallel.shard_batch); each device tunes its share (per_image: it makes and keeps its
+  share of the N parameter copies and Adam states). The cumulative schedule's sequence runs
+  replicated.
   """
   step_settings = dataclasses.replace(settings, steps=0)  # one compilation for any steps
   target = prepare_target(lpips_model, step_settings, lpips_params, targets)
   if settings.schedule in ("joint", "per_image"):
     tuned, frozen = split_params(settings, gen_params)
     tuned, _, losses = _run_steps(
-        compiled_step(generator, lpips_model, step_settings),
-        *initial_state(settings, tuned, wplus0.shape[0]), settings.steps,
+        compiled_step(generator, lpips_model, step_settings, mesh=mesh),
+        *_initial_state(settings, tuned, wplus0.shape[0], mesh),
+        settings.steps,
         *batch_inputs(settings, frozen, wplus0, noise, target, lpips_params, weights))
     return TuneResult(batch_params(settings, tuned, frozen), losses, None)
 

@@ -24,6 +24,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.generator = generator_config(1024)
   config.num_images = 8
   config.batch_size = 4
+  config.devices = 0                  # local devices a batch is split over (parallel.py)
   config.truncation = 0.7             # psi; 1.0 disables truncation
   config.mean_latent_samples = 4096   # used when the checkpoint has no latent_avg
 

@@ -30,6 +30,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.job = "invert"
   config.seed = 0
   config.photos = "photos"            # a folder (searched recursively) or one image file
+  config.devices = 0                  # local devices a batch is split over (parallel.py)
   config.method = "e4e"               # e4e | projection | latents
   config.generator = generator_config(1024)   # W+ rows; the projection's generator
   config.align = ml_collections.ConfigDict(dict(

@@ -3,6 +3,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -268,6 +270,34 @@ def test_dodging_reference_is_another_photo_of_the_source(tiny_run, tmp_path):
         assert sims["source"][kind] == pytest.approx(sims["target"][kind], abs=1e-5)
     dlib_face = metrics["dlib_faces"][fid]
     assert dlib_face["source_distance"] == pytest.approx(dlib_face["target_distance"])
+
+
+def test_two_devices_give_what_one_gives(tiny_run, tmp_path):
+  """Data parallelism (parallel.py) on 2 fake CPU devices, in a process of its own: the
+  unit checks of tests/parallel_checks.py (tuning in each schedule, projection, generation:
+  2 devices == 1, what each step exchanges), then the tiny job split over both devices,
+  whose faces must be the one-device run's."""
+  _, workdir, _ = tiny_run
+  work = str(tmp_path / "two")
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "parallel_checks.py"),
+                         work], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                        env={**os.environ, "PYTHONPATH": ROOT})
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  assert "all parallel checks passed" in proc.stdout
+  for fid in ("astronaut.png_f0", "biden.jpg_f0"):
+    one, two = read_result(workdir, fid), read_result(work, fid)
+    assert two["devices"] == 2
+    for sub in ("faces", "reconstructions"):
+      a, b = (image_io.read_rgb(os.path.join(w, "protect", sub, fid + ".png")).astype(int)
+              for w in (workdir, work))
+      assert np.abs(a - b).max() <= 1, (fid, sub)
+    for m, sims in one["similarity"].items():
+      for kind in evaluation.IMAGE_KINDS:
+        assert two["similarity"][m]["target"][kind] == pytest.approx(
+            sims["target"][kind], abs=1e-4)
+    codes = [np.load(os.path.join(w, "invert", "latents", fid + ".npz"))["wplus"]
+             for w in (workdir, work)]
+    np.testing.assert_allclose(codes[0], codes[1], atol=1e-4)
 
 
 def test_protect_settings_reject_bad_values():
