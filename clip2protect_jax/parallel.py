@@ -5,7 +5,9 @@ generation) is one jitted function of a batch whose images are independent (vmap
 for the joint tuning mode, a mean over them. Data parallelism: the batch-leading inputs lie
 on a 1-D mesh (axis DATA_AXIS, leading axis split), the networks' parameters replicated, and
 each device runs the same function on its share of the batch (split_batch: shard_map), so
-per image it computes what a one-device run computes. The joint mode sums its gradient of
+per image it computes what a one-device run computes. The small once-per-batch functions
+that need no per-image weights (tuning.prepare_target's LPIPS features, the target's FR
+embeddings, projection.latent_stats) are left to jit's own partitioning or run replicated. The joint mode sums its gradient of
 the replicated generator over the devices, and its mean divides by the whole batch's
 weight (psums over DATA_AXIS in tuning.make_joint_step).
 
@@ -58,6 +60,14 @@ def device_count(requested: int, batch_size: int, what: str,
                     "multiple of %d uses them all)", what, batch_size, n, available, n,
                     available)
   return n
+
+
+def check_batch_sizes(requested: int, batch_sizes: dict[str, int]) -> None:
+  """Fails before any work when config.devices=requested cannot split one of the stages'
+  batch sizes ({field name: size}; device_count's rule)."""
+  for what, size in batch_sizes.items():
+    if requested:   # 0 always finds a count
+      device_count(requested, size, what)
 
 
 def data_mesh(requested: int, batch_size: int, what: str) -> Mesh | None:
@@ -134,6 +144,8 @@ def split_batch(fn: Callable, mesh: Mesh | None, in_axes: Any, out_axes: Any = 0
   in_axes / out_axes (vmap style, per positional argument / for the result): 0 = the batch
   (leading) axis, split over the devices; None = the same for every image, replicated. fn
   must treat images independently, or reduce over them with collectives over DATA_AXIS.
+  A scalar under 0 (an Adam step count) is taken as replicated: a result that is, e.g., a
+  per-device sum must be psum-ed by fn, or it comes back as device 0's value.
   """
   if mesh is None:
     return fn

@@ -73,8 +73,8 @@ def protect_config(arg: str = "", official: bool = False) -> ml_collections.Conf
   c.seed = 0
   c.photos = "photos"                 # a folder (searched recursively) or one photo
   c.batch_size = 4                    # faces per compiled step (tuning and search)
-  c.devices = 0                       # local devices a batch is split over; 0: all that
-                                      # divide every batch size evenly (parallel.py)
+  c.devices = 0                       # local devices a batch is split over; 0: each stage
+                                      # as many as divide its batch size (parallel.py)
 
   # -- align + invert (the `invert` job's fields, see configs/invert.py)
   c.method = "e4e"                    # e4e | projection | latents

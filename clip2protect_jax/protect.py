@@ -252,6 +252,8 @@ def protect(models: ProtectModels, settings: ProtectSettings, gen_params: tuning
   """
   _check_batch_params(gen_params)
   state = jax.vmap(lambda c: init_state(models, settings, c))(consts)
+  if mesh is not None:  # where the step leaves it (else the second step compiles again)
+    state = jax.device_put(state, parallel.batch_sharding(mesh))
   step_settings = _compile_key(settings)
   # The step donates the state: give it buffers of its own, not aliases of `consts`.
   state = jax.tree_util.tree_map(jnp.copy, state)

@@ -320,8 +320,8 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   None = all 1.
   mesh (per_image, joint): the batch's inputs lie split over its devices
   (parallel.shard_batch); each device tunes its share (per_image: it makes and keeps its
-  share of the N parameter copies and Adam states). The cumulative schedule's sequence runs
-  replicated.
+  share of the N parameter copies and Adam states). The cumulative schedule takes none: its
+  sequence runs on every device of replicated params at once.
   """
   step_settings = dataclasses.replace(settings, steps=0)  # one compilation for any steps
   target = prepare_target(lpips_model, step_settings, lpips_params, targets)
@@ -334,11 +334,14 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
         *batch_inputs(settings, frozen, wplus0, noise, target, lpips_params, weights))
     return TuneResult(batch_params(settings, tuned, frozen), losses, None)
 
+  if mesh is not None:
+    raise ValueError("the cumulative schedule tunes one image at a time: give it unsplit "
+                     "inputs and no mesh (with replicated params it runs on every device)")
   single = compiled_step(generator, lpips_model, step_settings, batched=False)
   params, opt_state = carry if carry is not None else (gen_params, None)
   tuned, frozen = split_params(settings, params)
-  if opt_state is None:
-    opt_state = make_optimizer(settings).init(tuned)
+  if opt_state is None:  # jitted: made on the params' devices, as the step returns it
+    opt_state = jax.jit(make_optimizer(settings).init)(tuned)
   snapshots, losses = [], []
   for i in range(wplus0.shape[0]):  # official: generator and Adam state carry over
     tuned, opt_state, image_losses = _run_steps(

@@ -12,6 +12,7 @@ import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=2")
+os.environ["JAX_PLATFORMS"] = "cpu"   # 2 CPU devices, also on a machine with a GPU
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import dataclasses  # noqa: E402
@@ -20,7 +21,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clip2protect_jax import generate, parallel, pipeline, presets, projection, tuning  # noqa: E402,E501
+from clip2protect_jax import (generate, parallel, pipeline, presets, projection,  # noqa: E402
+                              protect, tuning)
 from clip2protect_jax.models import stylegan2  # noqa: E402
 from clip2protect_jax.models.lpips import LPIPS  # noqa: E402
 
@@ -151,7 +153,21 @@ def main() -> None:
   if len(sys.argv) > 1:   # from the repository root (the preset's paths are relative)
     config = presets.protect_config("tiny")
     config.devices = 2
+    config.evaluate.dlib_victim = False   # host-side work, checked by the one-device run
+    config.report.enabled = False
     pipeline.run(config, sys.argv[1])
+    # The batch's tuning and search steps each compiled once: their first inputs lie where
+    # their outputs do.
+    loaded = pipeline.load_models(config)
+    ts = dataclasses.replace(pipeline.tuning_settings(config), steps=0)
+    steps = {
+        "tuning": tuning.compiled_step(loaded.generator.model, loaded.lpips_model, ts,
+                                       mesh=mesh),
+        "search": protect.make_batch_step(
+            loaded.models, protect._compile_key(pipeline.protect_settings(config)), mesh)}  # noqa: SLF001
+    sizes = {k: f._cache_size() for k, f in steps.items()}  # noqa: SLF001
+    assert sizes == {"tuning": 1, "search": 1}, sizes
+    print(f"protect job on 2 devices; compilations per step: {sizes}")
 
 
 if __name__ == "__main__":

@@ -41,3 +41,10 @@ def test_batch_axes_become_partition_specs():
   assert specs == ({"w": P("data"), "count": P()}, P(), [P("data")])
   with pytest.raises(ValueError, match="must be 0 or None"):
     parallel._specs(1, jnp.ones((2, 2)))  # noqa: SLF001
+
+
+def test_batch_sizes_are_checked_before_any_work():
+  parallel.check_batch_sizes(0, {"config.batch_size": 5})   # 0 always finds a count
+  n = jax.local_device_count()
+  with pytest.raises(ValueError, match=f"config.devices={n + 1}, but this process sees {n}"):
+    parallel.check_batch_sizes(n + 1, {"config.batch_size": 4})

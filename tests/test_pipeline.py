@@ -156,6 +156,7 @@ def tiny_run(tmp_path_factory):
   try:
     workdir = str(tmp_path_factory.mktemp("protect"))
     config = load_config("protect", "tiny")
+    config.devices = 1   # the reference of test_two_devices_give_what_one_gives
     metrics = pipeline.run(config, workdir)
     yield config, workdir, metrics
   finally:
@@ -286,7 +287,7 @@ def test_two_devices_give_what_one_gives(tiny_run, tmp_path):
   assert "all parallel checks passed" in proc.stdout
   for fid in ("astronaut.png_f0", "biden.jpg_f0"):
     one, two = read_result(workdir, fid), read_result(work, fid)
-    assert two["devices"] == 2
+    assert two["devices"] == 2 and one["devices"] == 1
     for sub in ("faces", "reconstructions"):
       a, b = (image_io.read_rgb(os.path.join(w, "protect", sub, fid + ".png")).astype(int)
               for w in (workdir, work))
