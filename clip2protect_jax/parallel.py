@@ -5,11 +5,12 @@ generation) is one jitted function of a batch whose images are independent (vmap
 for the joint tuning mode, a mean over them. Data parallelism: the batch-leading inputs lie
 on a 1-D mesh (axis DATA_AXIS, leading axis split), the networks' parameters replicated, and
 each device runs the same function on its share of the batch (split_batch: shard_map), so
-per image it computes what a one-device run computes. The small once-per-batch functions
-that need no per-image weights (tuning.prepare_target's LPIPS features, the target's FR
-embeddings, projection.latent_stats) are left to jit's own partitioning or run replicated. The joint mode sums its gradient of
+per image it computes what a one-device run computes. The joint mode sums its gradient of
 the replicated generator over the devices, and its mean divides by the whole batch's
-weight (psums over DATA_AXIS in tuning.make_joint_step).
+weight (psums over DATA_AXIS in tuning.make_joint_step). The small once-per-batch
+functions without per-image weights (tuning.prepare_target's LPIPS features, the target's
+FR embeddings, projection.latent_stats) are left to jit's own partitioning, or run
+replicated.
 
 Why shard_map and not jit's automatic partitioning of the batch axis: XLA's SPMD
 partitioner mis-shapes the grouped convolutions that vmap makes of per-image generator
@@ -65,8 +66,8 @@ def device_count(requested: int, batch_size: int, what: str,
 def check_batch_sizes(requested: int, batch_sizes: dict[str, int]) -> None:
   """Fails before any work when config.devices=requested cannot split one of the stages'
   batch sizes ({field name: size}; device_count's rule)."""
-  for what, size in batch_sizes.items():
-    if requested:   # 0 always finds a count
+  if requested:   # 0 always finds a count
+    for what, size in batch_sizes.items():
       device_count(requested, size, what)
 
 
