@@ -369,8 +369,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   if config.method not in ENCODERS:
     raise ValueError(f"config.method={config.method!r}: use one of {ENCODERS}")
   if config.method in ("e4e", "projection"):
-    parallel.check_batch_sizes(config.devices, {
-        f"config.{config.method}.batch_size": config[config.method].batch_size})
+    parallel.check_batch_size(config.devices, config[config.method].batch_size,
+                              f"config.{config.method}.batch_size")
   out_dir = os.path.join(workdir, SUBDIR)
   os.makedirs(out_dir, exist_ok=True)
   t0 = time.perf_counter()

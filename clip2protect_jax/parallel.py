@@ -63,12 +63,11 @@ def device_count(requested: int, batch_size: int, what: str,
   return n
 
 
-def check_batch_sizes(requested: int, batch_sizes: dict[str, int]) -> None:
-  """Fails before any work when config.devices=requested cannot split one of the stages'
-  batch sizes ({field name: size}; device_count's rule)."""
-  if requested:   # 0 always finds a count
-    for what, size in batch_sizes.items():
-      device_count(requested, size, what)
+def check_batch_size(requested: int, batch_size: int, what: str) -> None:
+  """Fails (before any work) when config.devices=requested cannot split a stage's batches
+  (device_count's rule; 0 always finds a count)."""
+  if requested:
+    device_count(requested, batch_size, what)
 
 
 def data_mesh(requested: int, batch_size: int, what: str) -> Mesh | None:

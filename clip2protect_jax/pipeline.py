@@ -99,7 +99,7 @@ def check_inputs(config) -> None:
   fr_model_names(config)
   tuning_settings(config)
   protect_settings(config)
-  parallel.check_batch_sizes(config.devices, {"config.batch_size": config.batch_size})
+  parallel.check_batch_size(config.devices, config.batch_size, "config.batch_size")
   for field in ("photo", "eval_photo"):
     path = config.target[field]
     if not os.path.isfile(path):

@@ -44,7 +44,7 @@ def test_batch_axes_become_partition_specs():
 
 
 def test_batch_sizes_are_checked_before_any_work():
-  parallel.check_batch_sizes(0, {"config.batch_size": 5})   # 0 always finds a count
+  parallel.check_batch_size(0, 5, "config.batch_size")   # 0 always finds a count
   n = jax.local_device_count()
   with pytest.raises(ValueError, match=f"config.devices={n + 1}, but this process sees {n}"):
-    parallel.check_batch_sizes(n + 1, {"config.batch_size": 4})
+    parallel.check_batch_size(n + 1, 4, "config.batch_size")
