@@ -20,12 +20,15 @@ Stages (each output is written atomically, and a rerun skips what exists):
 3. `invert/invert.npz`: ids, sources, face_index, boxes [N, 4] (l, t, r, b photo pixels),
    corners [N, 4, 2] (aligned square in the photo: NW, SW, SE, NE), valid [N, 8]
    (align.photo_valid_region), at_border [N], wplus [N, n_latent, 512]; and
-   `invert/summary.json` (counts, per-file errors, method, weights used).
+   `invert/summary.json` (counts, per-file errors, method, weights used). A run split into
+   shards (shards.py) aligns and encodes its own photos and names these two files after
+   its shard (`invert.shard-0-of-2.npz`).
 Later stages read invert.npz and the aligned PNGs; align.paste_back(photo, face,
 corners, valid) puts a protected face back into its photo.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -39,7 +42,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from clip2protect_jax import align, image_io, parallel, run_settings
+from clip2protect_jax import align, image_io, parallel, run_settings, shards
 from clip2protect_jax.image_io import atomic_savez, atomic_write_json, file_sha256
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -152,8 +155,10 @@ def encode_settings(config) -> dict[str, Any]:
       exclude=(*run_settings.GRAPH_FIELDS, "e4e.batch_size", "projection.batch_size"))
 
 
-def align_stage(config, out_dir: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-  """Runs/resumes alignment; returns (face records in id order, per-file errors)."""
+def align_stage(config, out_dir: str, shard: shards.Shard = shards.Shard()
+                ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+  """Runs/resumes alignment of the shard's photos; returns (face records in id order,
+  per-file errors)."""
   root = config.photos
   faces, errors, keys = [], [], {}   # keys: face key -> photo
   records_dir = os.path.join(out_dir, "faces")
@@ -167,7 +172,7 @@ def align_stage(config, out_dir: str) -> tuple[list[dict[str, Any]], list[dict[s
                        "replace characters other than letters, digits, '.', '_' and '-' "
                        "with '_', and folders with '__'): rename one of them.")
     keys[key] = path
-  for key, path in keys.items():
+  for key, path in shards.select(list(keys.items()), shard):
     record_path, record = os.path.join(records_dir, key + ".json"), None
     if os.path.exists(record_path):
       with open(record_path) as f:
@@ -321,13 +326,18 @@ def read_latents_file(path: str) -> tuple[np.ndarray, list[str] | None]:
 
 
 def encode_latents_file(config, out_dir: str, todo: list[dict[str, Any]],
-                        all_faces: list[dict[str, Any]]) -> str:
+                        all_faces: list[dict[str, Any]], shard: shards.Shard) -> str:
   codes, ids = read_latents_file(config.latents_file)
   n_latent = num_latents(config)
   if codes.shape[1] == 1:
     codes = np.repeat(codes, n_latent, axis=1)
   check_n_latent(config, codes.shape[1], config.latents_file)
   if ids is None:
+    if shard.count > 1:
+      raise ValueError(
+          f"{config.latents_file}: codes without an 'ids' array are taken by position over "
+          f"ALL faces, and this run has only its shard of the photos{shards.describe(shard)}. "
+          "Give an .npz with an 'ids' array (face ids), or run this job with num_shards=1.")
     if codes.shape[0] != len(all_faces):
       raise ValueError(
           f"{config.latents_file}: {codes.shape[0]} codes for {len(all_faces)} faces. Codes "
@@ -371,10 +381,11 @@ def run(config, workdir: str) -> dict[str, Any]:
   if config.method in ("e4e", "projection"):
     parallel.check_batch_size(config.devices, config[config.method].batch_size,
                               f"config.{config.method}.batch_size")
+  shard = shards.resolve(config)
   out_dir = os.path.join(workdir, SUBDIR)
   os.makedirs(out_dir, exist_ok=True)
   t0 = time.perf_counter()
-  faces, errors = align_stage(config, out_dir)
+  faces, errors = align_stage(config, out_dir, shard)
   t_align = time.perf_counter() - t0
   todo = [f for f in faces if not os.path.exists(latent_path(out_dir, f["id"]))]
   run_settings.check(os.path.join(out_dir, "encode_settings.json"), encode_settings(config),
@@ -386,23 +397,26 @@ def run(config, workdir: str) -> dict[str, Any]:
     elif config.method == "projection":
       weights = encode_projection(config, out_dir, todo)
     else:
-      weights = encode_latents_file(config, out_dir, todo, faces)
+      weights = encode_latents_file(config, out_dir, todo, faces, shard)
   t_encode = time.perf_counter() - t0 - t_align
-  result = collect(out_dir, faces, num_latents(config), config.generator.style_dim)
+  arrays_path = os.path.join(out_dir, shards.output_name("invert.npz", shard))
+  result = collect(out_dir, faces, num_latents(config), config.generator.style_dim,
+                   arrays_path)
   summary = {"job": "invert", "method": config.method, "weights": weights,
-             "photos": config.photos, "n_faces": len(faces), "encoded_now": len(todo),
+             "photos": config.photos, "shard": dataclasses.asdict(shard),
+             "n_faces": len(faces), "encoded_now": len(todo),
              "kept_from_earlier_runs": len(faces) - len(todo), "errors": errors,
              "align_seconds": t_align, "encode_seconds": t_encode,
-             "output": os.path.relpath(os.path.join(out_dir, "invert.npz"), workdir)}
-  atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
-  print(f"invert: {len(faces)} faces ({len(todo)} new, {len(errors)} photos skipped) -> "
-        f"{out_dir}/invert.npz. Method: {weights}")
+             "output": os.path.relpath(arrays_path, workdir)}
+  atomic_write_json(os.path.join(out_dir, shards.output_name("summary.json", shard)), summary)
+  print(f"invert{shards.describe(shard)}: {len(faces)} faces ({len(todo)} new, "
+        f"{len(errors)} photos skipped) -> {arrays_path}. Method: {weights}")
   return {**summary, "arrays": result}
 
 
-def collect(out_dir: str, faces: list[dict[str, Any]], n_latent: int, style_dim: int
-            ) -> dict[str, np.ndarray]:
-  """Gathers the per-face records and latents into invert/invert.npz (atomic)."""
+def collect(out_dir: str, faces: list[dict[str, Any]], n_latent: int, style_dim: int,
+            path: str) -> dict[str, np.ndarray]:
+  """Gathers the per-face records and latents into `path` (invert/invert.npz; atomic)."""
   wplus = np.zeros((len(faces), n_latent, style_dim), np.float32)
   for i, face in enumerate(faces):
     with np.load(latent_path(out_dir, face["id"])) as d:
@@ -417,7 +431,7 @@ def collect(out_dir: str, faces: list[dict[str, Any]], n_latent: int, style_dim:
       "at_border": np.array([f["at_border"] for f in faces], bool),
       "wplus": wplus,
   }
-  atomic_savez(os.path.join(out_dir, "invert.npz"), **arrays)
+  atomic_savez(path, **arrays)
   return arrays
 
 

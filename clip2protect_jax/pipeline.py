@@ -17,6 +17,9 @@ skips finished work):
    protect/tune_carry so that a resumed run continues the same sequence.
 3. protect/photos/<photo key>.png: every protected face pasted back into its photo.
 4. protect/metrics.json (PSR per victim at each FAR) and protect/report.html.
+A run split into shards (shards.py: several processes, one workdir) does all of this for its
+own photos and names the files of step 4 after its shard; a last run with num_shards=1
+writes them over every face.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from absl import logging
 from PIL import Image
 
 from clip2protect_jax import (align, checkpoints, evaluation, fr_align, image_io, inversion,
-                              parallel, protect, report, run_settings, tuning)
+                              parallel, protect, report, run_settings, shards, tuning)
 from clip2protect_jax import weights as weights_lib
 from clip2protect_jax.image_io import atomic_write_json
 from clip2protect_jax.losses_clip import compose, load_templates, text_features
@@ -100,6 +103,12 @@ def check_inputs(config) -> None:
   tuning_settings(config)
   protect_settings(config)
   parallel.check_batch_size(config.devices, config.batch_size, "config.batch_size")
+  shard = shards.resolve(config)
+  if config.tune.schedule == "cumulative" and shard.count > 1:
+    raise ValueError(
+        f"tune.schedule=cumulative carries one generator through every face in order, which "
+        f"cannot be split into shards{shards.describe(shard)}: use num_shards=1 (and "
+        "distributed=False), or the per_image schedule.")
   for field in ("photo", "eval_photo"):
     path = config.target[field]
     if not os.path.isfile(path):
@@ -191,7 +200,7 @@ def check_references(config) -> None:
         "config.evaluate.source_references gives each photo ONE reference photo, whose "
         "largest face is compared with the photo's face: use align.face_policy=largest, "
         "last or a face index, not 'all'")
-  photos = inversion.list_photos(config.photos)
+  photos = shards.select(inversion.list_photos(config.photos), shards.resolve(config))
   for photo, reference in zip(photos, source_references(config, photos)):
     try:
       align.largest_face_box(image_io.read_rgb(reference), config.align.upsample, reference)
@@ -599,6 +608,7 @@ def paste_back_photos(out_dir: str, arrays: dict[str, np.ndarray], workdir: str,
 def run(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) every stage for the photos in config.photos."""
   check_inputs(config)
+  shard = shards.resolve(config)
   t_start = time.perf_counter()
   out_dir = os.path.join(workdir, SUBDIR)
   run_settings.check(os.path.join(out_dir, "settings.json"), result_settings(config),
@@ -661,13 +671,19 @@ def run(config, workdir: str) -> dict[str, Any]:
   metrics["seconds"] = seconds
   metrics["faces_protected_now"] = len(todo)
   metrics["weights"] = descriptions
-  atomic_write_json(os.path.join(out_dir, "metrics.json"), metrics)
+  metrics["shard"] = dataclasses.asdict(shard)
+  outputs = [shards.output_name(name, shard) for name in ("metrics.json", "report.html")]
+  atomic_write_json(os.path.join(out_dir, outputs[0]), metrics)
   if config.report.enabled:
     html = report.build(config, workdir, records, photos, metrics, inv["errors"])
-    image_io.atomic_write_bytes(os.path.join(out_dir, "report.html"), html.encode())
+    image_io.atomic_write_bytes(os.path.join(out_dir, outputs[1]), html.encode())
   total = time.perf_counter() - t_start
-  print(f"protect: {len(ids)} faces ({len(todo)} new) in {total:.0f}s -> "
-        f"{out_dir}/report.html, metrics.json")
+  print(f"protect{shards.describe(shard)}: {len(ids)} faces ({len(todo)} new) in "
+        f"{total:.0f}s -> {out_dir}/{', '.join(outputs)}")
+  if shard.count > 1:
+    print(f"  when all {shard.count} shards have finished, the same command with "
+          "--config.num_shards=1 (and distributed=False) writes metrics.json and report.html "
+          "over every face")
   for what, text_ in descriptions.items():
     if "RANDOM" in text_:
       print(f"  NOTE {what}: {text_}")

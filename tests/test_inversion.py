@@ -117,6 +117,44 @@ def test_invert_job_with_given_latents_is_complete_and_resumable(photo_dir, tmp_
     assert json.load(f)["n_faces"] == 3
 
 
+def test_invert_job_in_shards_then_whole(photo_dir, tmp_path):
+  """Two shards of one workdir (shards.py) each align and encode their own photos; the
+  whole run afterwards only gathers what they made."""
+  root, _ = photo_dir
+  config = _config("latents")
+  config.photos = root
+  config.align.face_policy = "all"
+  ids = ["a_face.png_f0", "sub__group.png_f0", "sub__group.png_f1"]
+  codes = np.random.default_rng(0).standard_normal((3, 18, 512)).astype(np.float32)
+  config.latents_file = str(tmp_path / "latents.npy")
+  np.save(config.latents_file, codes)
+  workdir = str(tmp_path / "work")
+  config.num_shards = 2
+  with pytest.raises(ValueError, match=r"without an 'ids' array .*\(shard_index 0 of 2 shards\)"):
+    inversion.run(config, workdir)   # codes by position need every face
+  config.latents_file = str(tmp_path / "latents.npz")
+  np.savez(config.latents_file, wplus=codes[::-1], ids=np.array(ids[::-1]))
+  # Sorted photos: a_face, flat, sub/group, tiny; shard 0 takes the 1st and 3rd.
+  first = inversion.run(config, workdir)
+  config.shard_index = 1
+  second = inversion.run(config, workdir)
+  assert first["n_faces"] == 3 and second["n_faces"] == 0
+  assert {os.path.basename(e["source"]) for e in second["errors"]} == {"flat.png", "tiny.png"}
+  assert second["shard"] == {"index": 1, "count": 2}
+  with np.load(os.path.join(workdir, "invert", "invert.shard-0-of-2.npz")) as d:
+    assert list(d["ids"]) == ids
+    np.testing.assert_array_equal(d["wplus"], codes)
+  with np.load(os.path.join(workdir, "invert", "invert.shard-1-of-2.npz")) as d:
+    assert d["wplus"].shape == (0, 18, 512)
+  with open(os.path.join(workdir, "invert", "summary.shard-1-of-2.json")) as f:
+    assert json.load(f)["output"] == os.path.join("invert", "invert.shard-1-of-2.npz")
+  assert not os.path.exists(os.path.join(workdir, "invert", "invert.npz"))
+  config.num_shards = 1
+  whole = inversion.run(config, workdir)
+  assert whole["encoded_now"] == 0 and whole["n_faces"] == 3 and len(whole["errors"]) == 2
+  np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"], codes)
+
+
 def test_invert_job_errors(photo_dir, tmp_path):
   root, _ = photo_dir
   config = _config("latents")

@@ -82,6 +82,10 @@ def test_config_errors_are_specific(tmp_path):
     c.target.crop = (0, im.height + 1, 0, im.width)
   with pytest.raises(ValueError, match=r"does not lie inside .*obama.jpg \(\d+ rows"):
     pipeline.check_inputs(c)
+  c = load_config("official", "tiny")   # one generator carried through every face
+  c.num_shards = 2
+  with pytest.raises(ValueError, match="cannot be split into shards"):
+    pipeline.check_inputs(c)
 
 
 def test_box_to_aligned_inverts_the_corner_map():
@@ -273,6 +277,23 @@ def test_dodging_reference_is_another_photo_of_the_source(tiny_run, tmp_path):
     assert dlib_face["source_distance"] == pytest.approx(dlib_face["target_distance"])
 
 
+def assert_same_face(reference: str, workdir: str, fid: str) -> None:
+  """Face `fid` of `workdir`'s protect job as in `reference`'s: protected face and
+  reconstruction within one 8-bit level, target similarities and W+ codes within 1e-4."""
+  for sub in ("faces", "reconstructions"):
+    a, b = (image_io.read_rgb(os.path.join(w, "protect", sub, fid + ".png")).astype(int)
+            for w in (reference, workdir))
+    assert np.abs(a - b).max() <= 1, (fid, sub)
+  one, other = read_result(reference, fid), read_result(workdir, fid)
+  for m, sims in one["similarity"].items():
+    for kind in evaluation.IMAGE_KINDS:
+      assert other["similarity"][m]["target"][kind] == pytest.approx(
+          sims["target"][kind], abs=1e-4), (fid, m, kind)
+  codes = [np.load(os.path.join(w, "invert", "latents", fid + ".npz"))["wplus"]
+           for w in (reference, workdir)]
+  np.testing.assert_allclose(codes[0], codes[1], atol=1e-4)
+
+
 def test_two_devices_give_what_one_gives(tiny_run, tmp_path):
   """Data parallelism (parallel.py) on 2 fake CPU devices, in a process of its own: the
   unit checks of tests/parallel_checks.py (tuning in each schedule, projection, generation:
@@ -286,19 +307,41 @@ def test_two_devices_give_what_one_gives(tiny_run, tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
   assert "all parallel checks passed" in proc.stdout
   for fid in ("astronaut.png_f0", "biden.jpg_f0"):
-    one, two = read_result(workdir, fid), read_result(work, fid)
-    assert two["devices"] == 2 and one["devices"] == 1
-    for sub in ("faces", "reconstructions"):
-      a, b = (image_io.read_rgb(os.path.join(w, "protect", sub, fid + ".png")).astype(int)
-              for w in (workdir, work))
-      assert np.abs(a - b).max() <= 1, (fid, sub)
-    for m, sims in one["similarity"].items():
-      for kind in evaluation.IMAGE_KINDS:
-        assert two["similarity"][m]["target"][kind] == pytest.approx(
-            sims["target"][kind], abs=1e-4)
-    codes = [np.load(os.path.join(w, "invert", "latents", fid + ".npz"))["wplus"]
-             for w in (workdir, work)]
-    np.testing.assert_allclose(codes[0], codes[1], atol=1e-4)
+    assert_same_face(workdir, work, fid)
+    assert read_result(work, fid)["devices"] == 2 and read_result(workdir, fid)["devices"] == 1
+
+
+def test_shards_of_one_workdir_give_what_one_run_gives(tiny_run, tmp_path):
+  """The tiny job in two shards on one workdir (shards.py; in this process, one after the
+  other: tests/test_shards.py runs shards as jax.distributed processes), then the whole run
+  (num_shards=1), which writes metrics.json and report.html over both faces: each face as
+  in the one-run reference."""
+  config, workdir, _ = tiny_run
+  work = str(tmp_path / "shared")
+  shutil.copytree(os.path.join(workdir, "invert"), os.path.join(work, "invert"))
+  ids = ["astronaut.png_f0", "biden.jpg_f0"]
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    for i in range(2):
+      shard = config.copy_and_resolve_references()
+      shard.update(num_shards=2, shard_index=i)
+      metrics = pipeline.run(shard, work)
+      assert metrics["face_ids"] == [ids[i]] and metrics["faces_protected_now"] == 1
+      with open(os.path.join(work, "protect", f"metrics.shard-{i}-of-2.json")) as f:
+        assert json.load(f)["shard"] == {"index": i, "count": 2}
+      assert os.path.exists(os.path.join(work, "protect", f"report.shard-{i}-of-2.html"))
+      assert not os.path.exists(os.path.join(work, "protect", "metrics.json"))
+    whole = config.copy_and_resolve_references()
+    whole.update(num_shards=1, shard_index=1)   # the shards' command, num_shards=1
+    metrics = pipeline.run(whole, work)
+  finally:
+    os.chdir(cwd)
+  assert metrics["faces_protected_now"] == 0 and metrics["face_ids"] == ids
+  assert metrics["shard"] == {"index": 0, "count": 1}
+  assert os.path.exists(os.path.join(work, "protect", "report.html"))
+  for fid in ids:   # each alone in a padded batch == in the reference's batch of two
+    assert_same_face(workdir, work, fid)
 
 
 def test_protect_settings_reject_bad_values():
