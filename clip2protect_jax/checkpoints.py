@@ -74,7 +74,11 @@ def restore(path: str, abstract_tree: Any) -> Any:
     raise FileNotFoundError(
         f"{tree_path} not found: {path} is not a converted checkpoint. Convert the "
         "official .pt file with tools/convert_checkpoint.py (see checkpoints/README.md).")
-  with ocp.StandardCheckpointer() as ckptr:
+  # This process alone: orbax's default waits for every JAX process at each restore (a TPU
+  # pod slice's hosts, each on its own shard of the photos, load models at different times).
+  alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                             active_processes={jax.process_index()})
+  with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
     stored = ckptr.metadata(tree_path).item_metadata
     stored_shapes = jax.tree_util.tree_map(
         lambda m: np.empty(m.shape, np.uint8), stored,

@@ -295,10 +295,26 @@ def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   return f"projection ({gen.description}; {lp_desc}; {cfg.steps} steps)"
 
 
-def read_latents_file(path: str) -> tuple[np.ndarray, list[str] | None]:
-  """W+ (or W) codes from .npy / .npz ('wplus' or the only array, optional 'ids') / .pt."""
+def check_latents_file(path: str, shard: shards.Shard) -> None:
+  """Before any work: the file exists, and has the 'ids' array a shard needs (codes
+  without ids are taken by position over ALL faces)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.latents_file={path!r}: no such file.")
+  if shard.count > 1:
+    has_ids = False
+    if path.endswith(".npz"):
+      with np.load(path, allow_pickle=False) as d:
+        has_ids = "ids" in d.files
+    if not has_ids:
+      raise ValueError(
+          f"config.latents_file={path!r}: codes without an 'ids' array are taken by position "
+          f"over ALL faces, and this run has only its shard of the photos"
+          f"{shards.describe(shard)}. Give an .npz with an 'ids' array (face ids), or run "
+          "this job with num_shards=1.")
+
+
+def read_latents_file(path: str) -> tuple[np.ndarray, list[str] | None]:
+  """W+ (or W) codes from .npy / .npz ('wplus' or the only array, optional 'ids') / .pt."""
   ids = None
   if path.endswith(".npy"):
     codes = np.load(path, allow_pickle=False)
@@ -326,18 +342,13 @@ def read_latents_file(path: str) -> tuple[np.ndarray, list[str] | None]:
 
 
 def encode_latents_file(config, out_dir: str, todo: list[dict[str, Any]],
-                        all_faces: list[dict[str, Any]], shard: shards.Shard) -> str:
+                        all_faces: list[dict[str, Any]]) -> str:
   codes, ids = read_latents_file(config.latents_file)
   n_latent = num_latents(config)
   if codes.shape[1] == 1:
     codes = np.repeat(codes, n_latent, axis=1)
   check_n_latent(config, codes.shape[1], config.latents_file)
   if ids is None:
-    if shard.count > 1:
-      raise ValueError(
-          f"{config.latents_file}: codes without an 'ids' array are taken by position over "
-          f"ALL faces, and this run has only its shard of the photos{shards.describe(shard)}. "
-          "Give an .npz with an 'ids' array (face ids), or run this job with num_shards=1.")
     if codes.shape[0] != len(all_faces):
       raise ValueError(
           f"{config.latents_file}: {codes.shape[0]} codes for {len(all_faces)} faces. Codes "
@@ -382,14 +393,19 @@ def run(config, workdir: str) -> dict[str, Any]:
     parallel.check_batch_size(config.devices, config[config.method].batch_size,
                               f"config.{config.method}.batch_size")
   shard = shards.resolve(config)
+  if config.method == "latents":
+    check_latents_file(config.latents_file, shard)
   out_dir = os.path.join(workdir, SUBDIR)
   os.makedirs(out_dir, exist_ok=True)
   t0 = time.perf_counter()
   faces, errors = align_stage(config, out_dir, shard)
   t_align = time.perf_counter() - t0
   todo = [f for f in faces if not os.path.exists(latent_path(out_dir, f["id"]))]
+  # Any code in the folder counts (another shard's, or another photo set's): all of them
+  # must come from the recorded settings.
   run_settings.check(os.path.join(out_dir, "encode_settings.json"), encode_settings(config),
-                     len(todo) < len(faces), f"the W+ codes in {out_dir}/latents")
+                     run_settings.has_files(os.path.dirname(latent_path(out_dir, "_"))),
+                     f"the W+ codes in {out_dir}/latents")
   weights = "nothing to encode"
   if todo:
     if config.method == "e4e":
@@ -397,7 +413,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     elif config.method == "projection":
       weights = encode_projection(config, out_dir, todo)
     else:
-      weights = encode_latents_file(config, out_dir, todo, faces, shard)
+      weights = encode_latents_file(config, out_dir, todo, faces)
   t_encode = time.perf_counter() - t0 - t_align
   arrays_path = os.path.join(out_dir, shards.output_name("invert.npz", shard))
   result = collect(out_dir, faces, num_latents(config), config.generator.style_dim,

@@ -8,8 +8,6 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from clip2protect_jax import shards
-
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, configs/NAME.py[:ARG]; override fields with "
     "--config.FIELD=VALUE.", lock_config=True)
@@ -41,7 +39,6 @@ def main(argv):
   if config.job not in JOBS:
     raise app.UsageError(f"config.job={config.job!r} is not one of {sorted(JOBS)}")
   logging.info("config:\n%s", config)
-  shards.initialize_distributed(config)   # before any JAX device is touched
   importlib.import_module(JOBS[config.job]).run(config, _WORKDIR.value)
 
 

@@ -107,8 +107,8 @@ def check_inputs(config) -> None:
   if config.tune.schedule == "cumulative" and shard.count > 1:
     raise ValueError(
         f"tune.schedule=cumulative carries one generator through every face in order, which "
-        f"cannot be split into shards{shards.describe(shard)}: use num_shards=1 (and "
-        "distributed=False), or the per_image schedule.")
+        f"cannot be split into shards{shards.describe(shard)}: use num_shards=1, or the "
+        "per_image schedule.")
   for field in ("photo", "eval_photo"):
     path = config.target[field]
     if not os.path.isfile(path):
@@ -682,8 +682,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         f"{total:.0f}s -> {out_dir}/{', '.join(outputs)}")
   if shard.count > 1:
     print(f"  when all {shard.count} shards have finished, the same command with "
-          "--config.num_shards=1 (and distributed=False) writes metrics.json and report.html "
-          "over every face")
+          "--config.num_shards=1, run once, writes metrics.json and report.html over every "
+          "face")
   for what, text_ in descriptions.items():
     if "RANDOM" in text_:
       print(f"  NOTE {what}: {text_}")

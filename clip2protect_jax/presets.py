@@ -75,10 +75,9 @@ def protect_config(arg: str = "", official: bool = False) -> ml_collections.Conf
   c.batch_size = 4                    # faces per compiled step (tuning and search)
   c.devices = 0                       # local devices a batch is split over; 0: each stage
                                       # as many as divide its batch size (parallel.py)
-  c.num_shards = 0                    # processes sharing the photos (one --workdir); 0: one
-                                      # per JAX process (shards.py)
+  c.num_shards = 1                    # processes sharing the photos (one --workdir); 0:
+                                      # from the launcher, SLURM/MPI/TPU pod (shards.py)
   c.shard_index = 0                   # this process's shard, when num_shards > 1
-  c.distributed = False               # call jax.distributed.initialize() first (clusters)
 
   # -- align + invert (the `invert` job's fields, see configs/invert.py)
   c.method = "e4e"                    # e4e | projection | latents

@@ -31,10 +31,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.seed = 0
   config.photos = "photos"            # a folder (searched recursively) or one image file
   config.devices = 0                  # local devices a batch is split over (parallel.py)
-  config.num_shards = 0               # processes sharing the photos (one --workdir); 0: one
-                                      # per JAX process (clip2protect_jax/shards.py)
+  config.num_shards = 1               # processes sharing the photos (one --workdir); 0:
+                                      # from the launcher, SLURM/MPI/TPU pod (shards.py)
   config.shard_index = 0              # this process's shard, when num_shards > 1
-  config.distributed = False          # call jax.distributed.initialize() first (clusters)
   config.method = "e4e"               # e4e | projection | latents
   config.generator = generator_config(1024)   # W+ rows; the projection's generator
   config.align = ml_collections.ConfigDict(dict(

@@ -43,8 +43,9 @@ def fast_compiles():
 
 
 # The longest test files (pytest --durations on 2 CPU cores: test_pipeline.py alone ~11 min):
-# collected first, so that pytest-xdist's one-file-per-worker scheduling does not start one of
-# them last, to run on while the other workers sit idle.
+# collected first, so that pytest-xdist's one-file-per-worker scheduling (in collection
+# order: pyproject.toml's --no-loadscope-reorder) does not start one of them last, to run on
+# while the other workers sit idle.
 SLOW_FILES_FIRST = ("test_pipeline.py", "test_stylegan2_golden.py", "test_tuning.py",
                     "test_protect.py", "test_inversion.py")
 

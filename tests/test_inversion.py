@@ -132,11 +132,17 @@ def test_invert_job_in_shards_then_whole(photo_dir, tmp_path):
   config.num_shards = 2
   with pytest.raises(ValueError, match=r"without an 'ids' array .*\(shard_index 0 of 2 shards\)"):
     inversion.run(config, workdir)   # codes by position need every face
+  assert not os.path.exists(os.path.join(workdir, "invert", "faces"))   # before any work
   config.latents_file = str(tmp_path / "latents.npz")
   np.savez(config.latents_file, wplus=codes[::-1], ids=np.array(ids[::-1]))
   # Sorted photos: a_face, flat, sub/group, tiny; shard 0 takes the 1st and 3rd.
   first = inversion.run(config, workdir)
   config.shard_index = 1
+  other = config.copy_and_resolve_references()
+  other.latents_file = str(tmp_path / "other.npz")
+  np.savez(other.latents_file, wplus=codes, ids=np.array(ids))
+  with pytest.raises(run_settings.SettingsMismatchError, match="latents_file"):
+    inversion.run(other, workdir)   # shard 0's codes come from another file
   second = inversion.run(config, workdir)
   assert first["n_faces"] == 3 and second["n_faces"] == 0
   assert {os.path.basename(e["source"]) for e in second["errors"]} == {"flat.png", "tiny.png"}
@@ -256,6 +262,7 @@ def test_resume_refuses_other_photos_and_other_settings(tmp_path):
   config.align.output_size = 256
   config.generator.conv_impl = "xla"   # the same function: no mismatch
   config.latents_file = str(tmp_path / "other.npy")
+  np.save(config.latents_file, np.zeros((2, 18, 512), np.float32))
   with pytest.raises(run_settings.SettingsMismatchError, match="latents_file: .*codes.npy"):
     inversion.run(config, workdir)
 
