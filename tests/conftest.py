@@ -41,15 +41,3 @@ def fast_compiles():
   yield
   jax.config.update("jax_disable_most_optimizations", old)
 
-
-# The longest test files (pytest --durations on 2 CPU cores: test_pipeline.py alone ~11 min):
-# collected first, so that pytest-xdist's one-file-per-worker scheduling (in collection
-# order: pyproject.toml's --no-loadscope-reorder) does not start one of them last, to run on
-# while the other workers sit idle.
-SLOW_FILES_FIRST = ("test_pipeline.py", "test_stylegan2_golden.py", "test_tuning.py",
-                    "test_protect.py", "test_inversion.py")
-
-
-def pytest_collection_modifyitems(config, items):
-  rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: files stay whole

@@ -22,7 +22,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from clip2protect_jax import (generate, parallel, pipeline, presets, projection,  # noqa: E402
-                              protect, tuning)
+                              protect, tuning, weights)
+from clip2protect_jax.models.clip import CLIP, PRESETS  # noqa: E402
 from clip2protect_jax.models import stylegan2  # noqa: E402
 from clip2protect_jax.models.lpips import LPIPS  # noqa: E402
 
@@ -157,14 +158,17 @@ def main() -> None:
     config.report.enabled = False
     pipeline.run(config, sys.argv[1])
     # The batch's tuning and search steps each compiled once: their first inputs lie where
-    # their outputs do.
-    loaded = pipeline.load_models(config)
+    # their outputs do. (The steps are cached by the models' architectures, equal to the
+    # job's; the tiny preset's tuning has no LPIPS.)
+    assert not config.tune.lpips_weight   # no LPIPS model in the tuning step's key
+    generator = weights.generator_from_config(config.generator)
+    clip_model = CLIP(PRESETS[config.clip.preset], dtype=jnp.dtype(config.clip.dtype))
     ts = dataclasses.replace(pipeline.tuning_settings(config), steps=0)
     steps = {
-        "tuning": tuning.compiled_step(loaded.generator.model, loaded.lpips_model, ts,
-                                       mesh=mesh),
+        "tuning": tuning.compiled_step(generator, None, ts, mesh=mesh),
         "search": protect.make_batch_step(
-            loaded.models, protect._compile_key(pipeline.protect_settings(config)), mesh)}  # noqa: SLF001
+            protect.ProtectModels(generator, clip_model),
+            protect._compile_key(pipeline.protect_settings(config)), mesh)}  # noqa: SLF001
     sizes = {k: f._cache_size() for k, f in steps.items()}  # noqa: SLF001
     assert sizes == {"tuning": 1, "search": 1}, sizes
     print(f"protect job on 2 devices; compilations per step: {sizes}")

@@ -326,6 +326,7 @@ def test_shards_of_one_workdir_give_what_one_run_gives(tiny_run, tmp_path):
     for i in range(2):
       shard = config.copy_and_resolve_references()
       shard.update(num_shards=2, shard_index=i)
+      shard.evaluate.dlib_victim = False   # host-side, and evaluated by the whole run below
       metrics = pipeline.run(shard, work)
       assert metrics["face_ids"] == [ids[i]] and metrics["faces_protected_now"] == 1
       with open(os.path.join(work, "protect", f"metrics.shard-{i}-of-2.json")) as f:

@@ -12,6 +12,7 @@ with the module as a static closure.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -182,11 +183,19 @@ def synthesis_layer_resolution(name: str) -> int:
 
 def init_params(model: Generator, key: Array) -> dict[str, Any]:
   """Fresh params (the official constructor's init) for `model`: {'style', 'synthesis'}."""
-  z = jnp.zeros((1, model.style_dim))
-  wplus = jnp.zeros((1, num_latents(model.size), model.style_dim))
-  noise = [jnp.zeros(s) for s in noise_shapes(model.size)]
-  init = lambda k: model.init(k, z, wplus, noise, method=Generator.init_all)["params"]
-  return jax.jit(init)(key)
+  return _jitted_init(model)(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model: Generator):
+  """key -> init_params(model, key), jitted once per architecture (an equal Generator hits
+  the cache: a job that loads its models again traces and compiles nothing)."""
+  def init(key):
+    z = jnp.zeros((1, model.style_dim))
+    wplus = jnp.zeros((1, num_latents(model.size), model.style_dim))
+    noise = [jnp.zeros(s) for s in noise_shapes(model.size)]
+    return model.init(key, z, wplus, noise, method=Generator.init_all)["params"]
+  return jax.jit(init)
 
 
 def abstract_params(model: Generator) -> Any:
