@@ -43,18 +43,18 @@ class Shard:
   count: int = 1
 
 
-def from_launcher(environ: Mapping[str, str] = os.environ) -> tuple[Shard, str] | None:
-  """(this process's shard, where it was read) from the first launcher in LAUNCHERS whose
-  variables are set, else from JAX's processes when there are several; None if neither."""
+def from_launcher(environ: Mapping[str, str] = os.environ) -> Shard | None:
+  """This process's shard from the first launcher in LAUNCHERS whose variables are set,
+  else from JAX's processes when there are several; None if neither."""
   for rank, size in LAUNCHERS:
     if rank in environ and size in environ:
       r, s = environ[rank], environ[size]
       if not (r.isdigit() and s.isdigit() and int(r) < int(s)):
         raise ValueError(f"{rank}={r!r} and {size}={s!r} (config.num_shards=0 reads them): "
                          "not a rank of that many tasks")
-      return Shard(int(r), int(s)), f"{rank} of {size}"
+      return Shard(int(r), int(s))
   if jax.process_count() > 1:
-    return Shard(jax.process_index(), jax.process_count()), "JAX's processes"
+    return Shard(jax.process_index(), jax.process_count())
   return None
 
 
@@ -64,13 +64,13 @@ def resolve(config, environ: Mapping[str, str] = os.environ) -> Shard:
   processes (a TPU pod slice) that would do the same photos."""
   count, index = config.num_shards, config.shard_index
   if count == 0:
-    found = from_launcher(environ)
-    if found is None:
+    shard = from_launcher(environ)
+    if shard is None:
       raise ValueError(
           "config.num_shards=0 takes the shard from a launcher, but this process has none "
           f"({', '.join(f'{r}/{s}' for r, s in LAUNCHERS)} unset, one JAX process): give "
           "each process --config.num_shards=N --config.shard_index=I, or use num_shards=1.")
-    return found[0]
+    return shard
   if count < 0:
     raise ValueError(f"config.num_shards={count}: use 1 (every photo), N > 1 (shard "
                      "shard_index of N) or 0 (the shard from the launcher)")

@@ -313,7 +313,7 @@ def test_two_devices_give_what_one_gives(tiny_run, tmp_path):
 
 def test_shards_of_one_workdir_give_what_one_run_gives(tiny_run, tmp_path):
   """The tiny job in two shards on one workdir (shards.py; in this process, one after the
-  other: tests/test_shards.py runs shards as jax.distributed processes), then the whole run
+  other: tests/test_shards.py runs shards as processes at once), then the whole run
   (num_shards=1), which writes metrics.json and report.html over both faces: each face as
   in the one-run reference."""
   config, workdir, _ = tiny_run
