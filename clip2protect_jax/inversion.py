@@ -155,7 +155,7 @@ def encode_settings(config) -> dict[str, Any]:
       exclude=(*run_settings.GRAPH_FIELDS, "e4e.batch_size", "projection.batch_size"))
 
 
-def align_stage(config, out_dir: str, shard: shards.Shard = shards.Shard()
+def align_stage(config, out_dir: str, shard: shards.Shard
                 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
   """Runs/resumes alignment of the shard's photos; returns (face records in id order,
   per-file errors)."""

@@ -121,7 +121,7 @@ def check_inputs(config) -> None:
     if config.target[crop]:
       with Image.open(config.target[photo]) as im:
         check_crop(config.target[crop], (im.height, im.width), config.target[photo])
-  check_references(config)
+  check_references(config, shard)
   if config.align.enabled and config.align.output_size != config.generator.size:
     logging.warning("config.align.output_size=%d differs from the generator's %d: aligned "
                     "faces are resized (PIL bilinear) for tuning", config.align.output_size,
@@ -190,8 +190,8 @@ def photo_embeddings(names: Sequence[str], params: Mapping[str, Any], photos: Ma
   return out
 
 
-def check_references(config) -> None:
-  """Every photo has its dodging reference (config.evaluate.source_references), showing a
+def check_references(config, shard: shards.Shard) -> None:
+  """Every photo of the shard has its dodging reference (config.evaluate.source_references), showing a
   face: checked before any work, as a missing one would stop the job after tuning."""
   if not config.evaluate.source_references:
     return
@@ -200,7 +200,7 @@ def check_references(config) -> None:
         "config.evaluate.source_references gives each photo ONE reference photo, whose "
         "largest face is compared with the photo's face: use align.face_policy=largest, "
         "last or a face index, not 'all'")
-  photos = shards.select(inversion.list_photos(config.photos), shards.resolve(config))
+  photos = shards.select(inversion.list_photos(config.photos), shard)
   for photo, reference in zip(photos, source_references(config, photos)):
     try:
       align.largest_face_box(image_io.read_rgb(reference), config.align.upsample, reference)
