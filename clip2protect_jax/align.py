@@ -475,6 +475,21 @@ def detect_faces(photo: np.ndarray, upsample: int = 1, source: str = "photo"
   return out
 
 
+FACE_POLICIES = ("largest", "last", "all")
+
+
+def check_face_policy(policy: str | int, field: str = "align.face_policy") -> None:
+  """Before any work: ValueError naming config field `field` unless `policy` is one of
+  FACE_POLICIES or a face index (select_faces; a typo there would skip every photo)."""
+  if policy in FACE_POLICIES:
+    return
+  try:
+    int(policy)
+  except (TypeError, ValueError):
+    raise ValueError(f"config.{field}={policy!r}: use one of {', '.join(FACE_POLICIES)} or "
+                     "a face index (0: the detector's first face)") from None
+
+
 def select_faces(detections: Sequence[Detection], policy: str | int, source: str = "photo"
                  ) -> list[tuple[int, Detection]]:
   """(index, detection) pairs chosen by `policy`.

@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from clip2protect_jax.convert.common import WeightsMismatchError, format_mismatch
+from clip2protect_jax.image_io import atomic_write_json
 
 _TREE_DIR = "tree"
 _METADATA = "metadata.json"
@@ -49,8 +50,12 @@ def save(path: str, tree: Any, metadata: dict[str, Any]) -> None:
   tree = jax.tree_util.tree_map(np.asarray, tree)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, _TREE_DIR), tree)
-  with open(os.path.join(path, _METADATA), "w") as f:
-    json.dump(metadata, f, indent=2, sort_keys=True)
+  atomic_write_json(os.path.join(path, _METADATA), metadata)   # last: marks it complete
+
+
+def is_complete(path: str) -> bool:
+  """Whether `path` holds a checkpoint whose save finished (its metadata is written last)."""
+  return os.path.isfile(os.path.join(path, _METADATA))
 
 
 def load_metadata(path: str) -> dict[str, Any]:

@@ -140,6 +140,18 @@ def _rates(sim_target: np.ndarray, sim_source: np.ndarray, thresholds: Mapping[f
   return out
 
 
+def check_fars(config) -> None:
+  """Every FR model of the run has a threshold at each of config.evaluate.fars (checked
+  before any work: metrics needs them after every face is done)."""
+  for name in (*config.fr.surrogates, *config.fr.victims):
+    thresholds = registry.get(name).thresholds
+    missing = [f for f in map(float, config.evaluate.fars) if f not in thresholds]
+    if missing:
+      raise ValueError(f"config.evaluate.fars: {name} has no threshold at FAR {missing} "
+                       f"(it has {sorted(thresholds)}; tools/calibrate_thresholds.py "
+                       "calibrates others)")
+
+
 def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any] | None
             ) -> dict[str, Any]:
   """metrics.json: per FR model (role surrogate/victim) and image kind, PSR at each FAR and
@@ -153,11 +165,9 @@ def metrics(config, records: Sequence[dict[str, Any]], dlib_eval: dict[str, Any]
                                                "the original photo"), "models": {}}
   if not records:
     return out
+  check_fars(config)
   for name in (*config.fr.surrogates, *config.fr.victims):
     spec = registry.get(name)
-    missing = [f for f in fars if f not in spec.thresholds]
-    if missing:
-      raise ValueError(f"{name} has no threshold at FAR {missing} (has {sorted(spec.thresholds)})")
     entry = {"role": "surrogate" if name in config.fr.surrogates else "victim",
              "thresholds_from": spec.threshold_source, "by_image": {}}
     for kind in IMAGE_KINDS:

@@ -14,7 +14,7 @@ Stages (each output is written atomically, and a rerun skips what exists):
    - "e4e": a converted e4e checkpoint (convert/e4e.py) on the 256x256 aligned faces;
    - "projection": optimisation (projection.py) against the generator in config.generator;
    - "latents": W+ codes from `config.latents_file` (.npy / .npz / .pt, e.g. the official
-     e4e `latents.pt`), in face order (sorted face ids) or matched by an `ids` array.
+     e4e `latents.pt`), in the photos' sorted path order or matched by an `ids` array.
    Per face `invert/latents/<face id>.npz` (`wplus` [n_latent, 512] float32, and the noise
    maps `noise_K` [r, r, 1] for projection).
 3. `invert/invert.npz`: ids, sources, face_index, boxes [N, 4] (l, t, r, b photo pixels),
@@ -29,6 +29,7 @@ corners, valid) puts a protected face back into its photo.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -42,7 +43,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from clip2protect_jax import align, image_io, parallel, run_settings, shards
+from clip2protect_jax import align, image_io, parallel, presets, run_settings, shards
+from clip2protect_jax import weights as weights_lib
 from clip2protect_jax.image_io import atomic_savez, atomic_write_json, file_sha256
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -146,13 +148,19 @@ def align_settings(config) -> dict[str, Any]:
   return run_settings.select(config, ("align",), exclude=("align.on_error",))
 
 
+# Fields encode_settings leaves out while they are unused (run_settings.check's optional).
+UNUSED_ENCODE_FIELDS = ("projection.lpips_weights",)
+
+
 def encode_settings(config) -> dict[str, Any]:
   """The config fields the W+ codes depend on (run_settings)."""
   method_fields = {"e4e": ("e4e",), "projection": ("projection",),
                    "latents": ("latents_file",)}[config.method]
+  unused = UNUSED_ENCODE_FIELDS if not config.projection.lpips else ()
   return run_settings.select(
       config, ("seed", "method", "generator", *method_fields),
-      exclude=(*run_settings.GRAPH_FIELDS, "e4e.batch_size", "projection.batch_size"))
+      exclude=(*run_settings.GRAPH_FIELDS, "e4e.batch_size", "projection.batch_size",
+               *unused))
 
 
 def align_stage(config, out_dir: str, shard: shards.Shard
@@ -220,16 +228,20 @@ def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
 
 
-def encode_e4e(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
-  """Runs the converted e4e encoder on the faces in `todo`; returns a weights description."""
-  from clip2protect_jax.convert.e4e import load_converted
-  from clip2protect_jax.models.e4e import images_to_input, to_wplus
-  path = config.e4e.weights
+def require_e4e(path: str) -> None:
   if not os.path.isdir(path):
     raise FileNotFoundError(
         f"e4e weights {path!r} not found. Convert the official e4e_ffhq_encode.pt first: "
         f"python tools/convert_checkpoint.py --kind=e4e --input=e4e_ffhq_encode.pt --output={path}"
         " (or use --config.method=projection).")
+
+
+def encode_e4e(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
+  """Runs the converted e4e encoder on the faces in `todo`; returns a weights description."""
+  from clip2protect_jax.convert.e4e import load_converted
+  from clip2protect_jax.models.e4e import images_to_input, to_wplus
+  path = config.e4e.weights
+  require_e4e(path)
   model, params, latent_avg = load_converted(path)
   check_n_latent(config, latent_avg.shape[0], f"e4e checkpoint {path}")
   bs = config.e4e.batch_size
@@ -251,25 +263,31 @@ def generator_key(seed: int) -> jax.Array:
   return jax.random.split(jax.random.key(seed), 4)[0]
 
 
+def projection_config(config):
+  """config.projection -> projection.ProjectionConfig (checks its values)."""
+  from clip2protect_jax import projection
+  p = config.projection
+  return projection.ProjectionConfig(
+      steps=p.steps, lr=p.lr, lr_rampup=p.lr_rampup, lr_rampdown=p.lr_rampdown,
+      noise=p.noise, noise_ramp=p.noise_ramp, noise_regularize=p.noise_regularize,
+      mse=p.mse, lpips=p.lpips, w_plus=p.w_plus, n_mean_latent=p.n_mean_latent)
+
+
 def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   from clip2protect_jax import projection
-  from clip2protect_jax.weights import load_generator, load_lpips
   base = jax.random.key(config.seed)
   _, lpips_key, stats_key, face_base = jax.random.split(base, 4)
   p = config.projection
   bs = p.batch_size
   mesh = parallel.data_mesh(config.devices, bs, "config.projection.batch_size")
-  gen = load_generator(config.generator, generator_key(config.seed))
+  gen = weights_lib.load_generator(config.generator, generator_key(config.seed))
   check_n_latent(config, gen.model.n_latent, "generator")
   gen_params = parallel.replicate(gen.params, mesh)
   perceptual, lp_desc = None, "none (lpips weight 0)"
   if p.lpips:
-    lp_model, lp_vars, lp_desc = load_lpips(p.lpips_weights, lpips_key)
+    lp_model, lp_vars, lp_desc = weights_lib.load_lpips(p.lpips_weights, lpips_key)
     perceptual = projection.lpips_perceptual(lp_model, parallel.replicate(lp_vars, mesh))
-  cfg = projection.ProjectionConfig(
-      steps=p.steps, lr=p.lr, lr_rampup=p.lr_rampup, lr_rampdown=p.lr_rampdown,
-      noise=p.noise, noise_ramp=p.noise_ramp, noise_regularize=p.noise_regularize,
-      mse=p.mse, lpips=p.lpips, w_plus=p.w_plus, n_mean_latent=p.n_mean_latent)
+  cfg = projection_config(config)
   mean, std = projection.latent_stats(gen.model, gen_params, stats_key, cfg.n_mean_latent)
   projector = projection.make_projector(gen.model, cfg, perceptual, mesh)
   size = min(256, gen.model.size)
@@ -300,6 +318,12 @@ def check_latents_file(path: str, shard: shards.Shard) -> None:
   without ids are taken by position over ALL faces)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.latents_file={path!r}: no such file.")
+  if path.endswith((".pt", ".pth")) and importlib.util.find_spec("torch") is None:
+    raise ModuleNotFoundError(
+        f"config.latents_file={path!r}: reading a .pt file needs PyTorch, which the runtime "
+        "setup does not install: pip install torch==2.13.0 (bash tools/setup.sh dev has it), "
+        "or convert the file where torch is, e.g. python -c \"import numpy, torch; "
+        "numpy.savez('latents.npz', wplus=torch.load('latents.pt').numpy())\".")
   if shard.count > 1:
     has_ids = False
     if path.endswith(".npz"):
@@ -352,8 +376,12 @@ def encode_latents_file(config, out_dir: str, todo: list[dict[str, Any]],
     if codes.shape[0] != len(all_faces):
       raise ValueError(
           f"{config.latents_file}: {codes.shape[0]} codes for {len(all_faces)} faces. Codes "
-          "are taken in sorted face-id order; add an 'ids' array to an .npz to match by id.")
-    by_id = {f["id"]: codes[i] for i, f in enumerate(all_faces)}
+          "are taken in the photos' sorted path order (the official e4e's), each photo's "
+          "faces in detector order; add an 'ids' array to an .npz to match by face id.")
+    # The photos' full paths sorted, as the official e4e sorts its inputs (face ids sort
+    # otherwise where characters were replaced: 'a b.jpg' < 'a.jpg', 'a_b.jpg_f0' > ...).
+    in_order = sorted(all_faces, key=lambda f: (f["source"], f["face_index"]))
+    by_id = {f["id"]: codes[i] for i, f in enumerate(in_order)}
   else:
     by_id = dict(zip(ids, codes))
   missing = [f["id"] for f in todo if f["id"] not in by_id]
@@ -385,16 +413,32 @@ def latent_path(out_dir: str, fid: str) -> str:
 ENCODERS = ("e4e", "projection", "latents")
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Aligns and inverts every photo of config.photos into workdir/invert (resumable)."""
-  if config.method not in ENCODERS:
-    raise ValueError(f"config.method={config.method!r}: use one of {ENCODERS}")
+def check_config(config, shard: shards.Shard) -> None:
+  """Fails early, before any work, on align and invert settings that cannot run (an error
+  naming the field): a typo would otherwise skip every photo, or stop the job after
+  aligning them."""
+  presets.check_choice(config.method, ENCODERS, "method")
+  align.check_face_policy(config.align.face_policy)
+  presets.check_choice(config.align.on_error, ("skip", "raise"), "align.on_error")
+  weights_lib.check_generator(config.generator)
   if config.method in ("e4e", "projection"):
     parallel.check_batch_size(config.devices, config[config.method].batch_size,
                               f"config.{config.method}.batch_size")
-  shard = shards.resolve(config)
-  if config.method == "latents":
+  if config.method == "e4e":
+    require_e4e(config.e4e.weights)
+  elif config.method == "projection":
+    projection_config(config)
+    weights_lib.require_generator(config.generator.weights)
+    if config.projection.lpips:
+      weights_lib.require_lpips(config.projection.lpips_weights)
+  else:
     check_latents_file(config.latents_file, shard)
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Aligns and inverts every photo of config.photos into workdir/invert (resumable)."""
+  shard = shards.resolve(config)
+  check_config(config, shard)
   out_dir = os.path.join(workdir, SUBDIR)
   os.makedirs(out_dir, exist_ok=True)
   t0 = time.perf_counter()
@@ -405,7 +449,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   # must come from the recorded settings.
   run_settings.check(os.path.join(out_dir, "encode_settings.json"), encode_settings(config),
                      run_settings.has_files(os.path.dirname(latent_path(out_dir, "_"))),
-                     f"the W+ codes in {out_dir}/latents")
+                     f"the W+ codes in {out_dir}/latents", optional=UNUSED_ENCODE_FIELDS)
   weights = "nothing to encode"
   if todo:
     if config.method == "e4e":

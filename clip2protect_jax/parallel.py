@@ -66,6 +66,8 @@ def device_count(requested: int, batch_size: int, what: str,
 def check_batch_size(requested: int, batch_size: int, what: str) -> None:
   """Fails (before any work) when config.devices=requested cannot split a stage's batches
   (device_count's rule; 0 always finds a count)."""
+  if batch_size < 1:
+    raise ValueError(f"{what}={batch_size}: use 1 or more")
   if requested:
     device_count(requested, batch_size, what)
 
@@ -144,8 +146,9 @@ def split_batch(fn: Callable, mesh: Mesh | None, in_axes: Any, out_axes: Any = 0
   in_axes / out_axes (vmap style, per positional argument / for the result): 0 = the batch
   (leading) axis, split over the devices; None = the same for every image, replicated. fn
   must treat images independently, or reduce over them with collectives over DATA_AXIS.
-  A scalar under 0 (an Adam step count) is taken as replicated: a result that is, e.g., a
-  per-device sum must be psum-ed by fn, or it comes back as device 0's value.
+  A scalar under 0 (an Adam step count) is taken as replicated: each device keeps its own
+  value, so a scalar result must be the same on every device (a step count) or psum-ed by
+  fn; a per-device sum would read back as device 0's and differ between devices later.
   """
   if mesh is None:
     return fn

@@ -38,7 +38,7 @@ from absl import logging
 from PIL import Image
 
 from clip2protect_jax import (align, checkpoints, evaluation, fr_align, image_io, inversion,
-                              parallel, protect, report, run_settings, shards, tuning)
+                              parallel, presets, protect, report, run_settings, shards, tuning)
 from clip2protect_jax import weights as weights_lib
 from clip2protect_jax.image_io import atomic_write_json
 from clip2protect_jax.losses_clip import compose, load_templates, text_features
@@ -72,15 +72,26 @@ def protect_settings(config) -> protect.ProtectSettings:
       official_output_step=p.official_output_step)
 
 
+# Fields of result_settings that older versions did not record (the inversion's: align,
+# method and its encoder's fields) or that it leaves out while unused (LPIPS with weight 0):
+# compared only where both records have them (run_settings.check).
+RESULT_OPTIONAL_FIELDS = ("align", "method", "e4e", "projection", "latents_file",
+                          "tune.lpips_weights", "tune.lpips_dtype")
+
+
 def result_settings(config) -> dict[str, Any]:
-  """The config fields protect/results depend on (run_settings; the aligned faces and W+
-  codes have their own records in invert/). Per-image and cumulative tuning give each face
-  the same result in any batch, so batch_size counts only for the joint schedule."""
+  """The config fields protect/results depend on (run_settings), the inversion's among them:
+  a recomputed invert/ (its own records refuse other settings; deleting it is the remedy they
+  name) must not leave protected faces made from its old codes. Per-image and cumulative
+  tuning give each face the same result in any batch, so batch_size counts only for the
+  joint schedule."""
   fields = ("seed", "prompt", "source_text", "clip", "target", "fr", "tune", "protect",
             "generator") + (("batch_size",) if config.tune.schedule == "joint" else ())
   # The dodging reference only when set: records made before it existed stay valid.
   fields += ("evaluate.source_references",) if config.evaluate.source_references else ()
-  return run_settings.select(config, fields, exclude=run_settings.GRAPH_FIELDS)
+  unused = () if config.tune.lpips_weight else ("tune.lpips_weights", "tune.lpips_dtype")
+  own = run_settings.select(config, fields, exclude=(*run_settings.GRAPH_FIELDS, *unused))
+  return {**inversion.align_settings(config), **inversion.encode_settings(config), **own}
 
 
 def fr_model_names(config) -> tuple[str, ...]:
@@ -97,13 +108,33 @@ def fr_model_names(config) -> tuple[str, ...]:
   return surrogates + victims
 
 
+def fr_weights_folder(config, name: str) -> str:
+  """Where FR model `name`'s weights are: config.fr.weights_dir/<its folder>, or 'random'."""
+  if config.fr.weights_dir == "random":
+    return "random"
+  return os.path.join(config.fr.weights_dir, registry.get(name).weights_subdir or name)
+
+
 def check_inputs(config) -> None:
-  """Fails early, before any work, on a config that cannot run."""
-  fr_model_names(config)
-  tuning_settings(config)
-  protect_settings(config)
-  parallel.check_batch_size(config.devices, config.batch_size, "config.batch_size")
+  """Fails early, before any work, on a config that cannot run (an error naming the field
+  and the remedy): each of these would otherwise stop the job after the inversion, the
+  first batch or every face."""
   shard = shards.resolve(config)
+  inversion.check_config(config, shard)
+  for name in fr_model_names(config):
+    weights_lib.require_face_model(name, fr_weights_folder(config, name))
+  evaluation.check_fars(config)
+  tuning_settings(config)
+  settings = protect_settings(config)
+  protect.row_mask(inversion.num_latents(config), settings.trainable_rows)
+  weights_lib.require_generator(config.generator.weights)
+  weights_lib.require_clip(config.clip.preset, config.clip.weights)
+  presets.check_choice(config.clip.dtype, weights_lib.COMPUTE_DTYPES, "clip.dtype")
+  if config.tune.lpips_weight:
+    weights_lib.require_lpips(config.tune.lpips_weights)
+    presets.check_choice(config.tune.lpips_dtype, weights_lib.COMPUTE_DTYPES,
+                             "tune.lpips_dtype")
+  parallel.check_batch_size(config.devices, config.batch_size, "config.batch_size")
   if config.tune.schedule == "cumulative" and shard.count > 1:
     raise ValueError(
         f"tune.schedule=cumulative carries one generator through every face in order, which "
@@ -269,10 +300,8 @@ def load_models(config) -> Loaded:
       config.clip.preset, config.clip.weights, clip_key, jnp.dtype(config.clip.dtype))
   fr_params, fr_desc = {}, {}
   for i, name in enumerate(fr_model_names(config)):
-    folder = "random" if config.fr.weights_dir == "random" else os.path.join(
-        config.fr.weights_dir, registry.get(name).weights_subdir or name)
     fr_params[name], fr_desc[name] = weights_lib.load_face_model(
-        name, folder, jax.random.fold_in(fr_key, i))
+        name, fr_weights_folder(config, name), jax.random.fold_in(fr_key, i))
   templates = load_templates(TEMPLATES)
   text = {t: text_features(clip_model, clip_vars, tokenize(compose(templates, t)))
           for t in (config.source_text, config.prompt)}
@@ -487,12 +516,18 @@ def _carry_path(out_dir: str) -> str:
 
 
 def save_carry(out_dir: str, carry: Any, last_id: str) -> None:
-  """The cumulative schedule's generator + Adam state after face `last_id` (one copy)."""
-  path, tmp = _carry_path(out_dir), _carry_path(out_dir) + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  checkpoints.save(tmp, {"params": carry[0], "opt_state": carry[1]}, {"last_id": last_id})
-  shutil.rmtree(path, ignore_errors=True)
-  os.replace(tmp, path)
+  """The cumulative schedule's generator + Adam state after face `last_id` (one copy),
+  written beside the previous one and swapped in by renames: a stop at any point leaves a
+  complete carry (carry_last_id completes a swap cut short)."""
+  path = _carry_path(out_dir)
+  for leftover in (path + ".tmp", path + ".old"):
+    shutil.rmtree(leftover, ignore_errors=True)
+  checkpoints.save(path + ".tmp", {"params": carry[0], "opt_state": carry[1]},
+                   {"last_id": last_id})
+  if os.path.isdir(path):
+    os.replace(path, path + ".old")
+  os.replace(path + ".tmp", path)
+  shutil.rmtree(path + ".old", ignore_errors=True)
 
 
 def cumulative_resume(ids: Sequence[str], done: Sequence[str], carry_last_id: str | None
@@ -531,6 +566,8 @@ def cumulative_resume(ids: Sequence[str], done: Sequence[str], carry_last_id: st
 def carry_last_id(out_dir: str) -> str | None:
   """The face the saved cumulative carry follows, or None if there is none."""
   path = _carry_path(out_dir)
+  if not os.path.isdir(path) and checkpoints.is_complete(path + ".tmp"):
+    os.replace(path + ".tmp", path)   # save_carry stopped between its two renames
   return checkpoints.load_metadata(path).get("last_id") if os.path.isdir(path) else None
 
 
@@ -549,7 +586,9 @@ def load_carry(out_dir: str, config, loaded: Loaded) -> Any:
         f"(tune.max_resolution={ts.max_resolution}; a carry saved by an older version also "
         "holds Adam moments of the mapping network): resume with the settings it was saved "
         f"with, or use a new --workdir to rerun the sequence. {e}") from e
-  return tree["params"], tree["opt_state"]
+  # As jax arrays (numpy ones would make the step compile again, and a frozen layer cross to
+  # the device at every step).
+  return jax.tree_util.tree_map(jnp.asarray, (tree["params"], tree["opt_state"]))
 
 
 # ------------------------------------------------------------------ the job
@@ -613,7 +652,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   out_dir = os.path.join(workdir, SUBDIR)
   run_settings.check(os.path.join(out_dir, "settings.json"), result_settings(config),
                      run_settings.has_files(os.path.dirname(result_path(out_dir, "_"))),
-                     f"the protected faces in {out_dir}")
+                     f"the protected faces in {out_dir}", optional=RESULT_OPTIONAL_FIELDS)
   inv = inversion.run(config, workdir)
   arrays = inv["arrays"]
   inv_dir = os.path.join(workdir, inversion.SUBDIR)

@@ -30,6 +30,12 @@ OFFICIAL_QUIRKS = {
 }
 
 
+def check_choice(value, known: tuple, field: str) -> None:
+  """ValueError naming config field `field` unless `value` is one of `known`."""
+  if value not in known:
+    raise ValueError(f"config.{field}={value!r}: use one of {', '.join(map(str, known))}")
+
+
 def generator_config(size: int = 1024) -> ml_collections.ConfigDict:
   """rosinality Generator(size, 512, 8, channel_multiplier=2, lr_mlp=0.01)."""
   return ml_collections.ConfigDict(dict(
@@ -167,8 +173,9 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   for name, path in (("clip", CLIP_VIT_B32),):
     if not os.path.isdir(path):
       c[name].weights = "random"
-  if not os.path.isdir(LPIPS_VGG):
-    c.tune.lpips_weights = c.projection.lpips_weights = "random"
+  if not os.path.isdir(LPIPS_VGG):   # a random VGG's distance would steer the fit: MSE
+    c.tune.update(lpips_weight=0.0, mse_weight=1.0, lpips_weights="random")
+    c.projection.update(lpips=0.0, mse=1.0, lpips_weights="random")
   # Real FR models from npm (tools/fetch_assets.py): attack two, hold out dlib's ResNet (in
   # Flax here, and as dlib's C++ descriptor on the pasted-back photos).
   c.fr.update(surrogates=("faceres", "mobileface"), victims=("dlib_resnet",),

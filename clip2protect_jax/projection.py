@@ -49,6 +49,8 @@ class ProjectionConfig:
   n_mean_latent: int = 10000
 
   def __post_init__(self):
+    if self.steps < 1:
+      raise ValueError(f"projection.steps={self.steps}: use 1 or more")
     # projector.py divides by both ramps (ZeroDivisionError there; NaN in a jitted step).
     for name in ("lr_rampup", "lr_rampdown", "noise_ramp"):
       if not getattr(self, name) > 0:

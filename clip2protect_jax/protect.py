@@ -55,6 +55,11 @@ class ProtectSettings:
     unknown = [m for m in self.surrogates if m not in registry.names()]
     if unknown:
       raise ValueError(f"unknown surrogate FR models {unknown}; known: {registry.names()}")
+    if self.steps < (1 if self.official_output_step else 0):
+      raise ValueError(f"protect.steps={self.steps}: use 0 or more (1 or more with "
+                       "official_output_step)")
+    if self.num_aug < 1:
+      raise ValueError(f"protect.num_aug={self.num_aug}: use 1 or more")
 
 
 class ImageConstants(NamedTuple):
@@ -99,7 +104,8 @@ def row_mask(n_latent: int, rows: Sequence[int]) -> Array:
   """[n_latent, 1] with 1 on the W+ rows that may change, 0 elsewhere."""
   bad = [r for r in rows if not 0 <= r < n_latent]
   if bad:
-    raise ValueError(f"trainable_rows {bad} out of range for {n_latent} W+ rows")
+    raise ValueError(f"protect.trainable_rows {bad} out of range: the generator has "
+                     f"{n_latent} W+ rows (0..{n_latent - 1})")
   return jnp.zeros((n_latent, 1)).at[jnp.asarray(rows, jnp.int32)].set(1.0)
 
 

@@ -34,8 +34,7 @@ def select(config, include: Iterable[str], exclude: Iterable[str] = ()) -> dict[
   include, exclude = tuple(include), set(exclude)
   flat = traverse_util.flatten_dict(
       config.to_dict() if hasattr(config, "to_dict") else dict(config), sep=".")
-  return {k: v for k, v in flat.items() if k not in exclude
-          and any(k == p or k.startswith(p + ".") for p in include)}
+  return {k: v for k, v in flat.items() if k not in exclude and under(k, include)}
 
 
 def has_files(folder: str) -> bool:
@@ -43,20 +42,30 @@ def has_files(folder: str) -> bool:
   return os.path.isdir(folder) and bool(os.listdir(folder))
 
 
-def check(path: str, settings: Mapping[str, Any], has_results: bool, what: str) -> None:
+def under(key: str, prefixes: Iterable[str]) -> bool:
+  """Whether dotted field `key` is one of `prefixes` or lies in one of those sections."""
+  return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def check(path: str, settings: Mapping[str, Any], has_results: bool, what: str,
+          optional: Iterable[str] = ()) -> None:
   """Records `settings` at `path`, or raises SettingsMismatchError if `has_results` and the
   recorded settings differ (every differing field listed). Without results the file is
   rewritten: nothing computed with the old settings is reused. `what` names the results
-  ("the protected faces in workdir/protect") in messages."""
+  ("the protected faces in workdir/protect") in messages. `optional`: fields (or sections)
+  compared only where both records have them: those a record leaves out while unused, and
+  those older versions did not record (their records stay valid)."""
   settings = json.loads(json.dumps(dict(settings)))   # as JSON stores it: tuples -> lists
+  optional = tuple(optional)
   if has_results and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    if saved != settings:
-      show = lambda d, k: repr(d[k]) if k in d else "(not set)"
-      diffs = [f"{k}: {show(saved, k)} there, {show(settings, k)} now"
-               for k in sorted(set(saved) | set(settings))
-               if show(saved, k) != show(settings, k)]
+    show = lambda d, k: repr(d[k]) if k in d else "(not set)"
+    diffs = [f"{k}: {show(saved, k)} there, {show(settings, k)} now"
+             for k in sorted(set(saved) | set(settings))
+             if show(saved, k) != show(settings, k)
+             and not (under(k, optional) and (k not in saved or k not in settings))]
+    if diffs:
       raise SettingsMismatchError(
           f"{what} were computed with other settings ({path}): " + "; ".join(diffs) +
           ". Reusing them would mix two settings in one result. Use a new --workdir, rerun "

@@ -340,8 +340,11 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   single = compiled_step(generator, lpips_model, step_settings, batched=False)
   params, opt_state = carry if carry is not None else (gen_params, None)
   tuned, frozen = split_params(settings, params)
-  if opt_state is None:  # jitted: made on the params' devices, as the step returns it
+  if opt_state is None:  # placed as the params are, as the step returns it: one compilation
     opt_state = jax.jit(make_optimizer(settings).init)(tuned)
+    sharding = jax.tree_util.tree_leaves(tuned)[0].sharding
+    if len(sharding.device_set) > 1:   # replicated params: jit gave one device's arrays
+      opt_state = jax.device_put(opt_state, sharding)
   snapshots, losses = [], []
   for i in range(wplus0.shape[0]):  # official: generator and Adam state carry over
     tuned, opt_state, image_losses = _run_steps(

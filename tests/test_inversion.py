@@ -1,8 +1,10 @@
 """The `invert` job (alignment -> W+ codes in the workdir, resumable) and projection.py."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,6 @@ pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _config(arg: str = ""):
-  import importlib.util
   spec = importlib.util.spec_from_file_location("invert_config", CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -161,7 +162,7 @@ def test_invert_job_in_shards_then_whole(photo_dir, tmp_path):
   np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"], codes)
 
 
-def test_invert_job_errors(photo_dir, tmp_path):
+def test_invert_job_errors(photo_dir, tmp_path, monkeypatch):
   root, _ = photo_dir
   config = _config("latents")
   config.photos = root
@@ -178,9 +179,18 @@ def test_invert_job_errors(photo_dir, tmp_path):
   config.e4e.weights = str(tmp_path / "missing")
   with pytest.raises(FileNotFoundError, match="kind=e4e"):
     inversion.run(config, str(tmp_path / "w3"))
+  assert not os.path.exists(tmp_path / "w3")   # before any work
+  config.method = "latents"
   config.photos = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="no such file or folder"):
     inversion.run(config, str(tmp_path / "w4"))
+  config.latents_file = str(tmp_path / "codes.pt")   # the official e4e's latents.pt
+  open(config.latents_file, "wb").close()
+  real_find_spec = importlib.util.find_spec   # a runtime setup: no torch
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+  with pytest.raises(ModuleNotFoundError, match="needs PyTorch.*numpy.savez"):
+    inversion.run(config, str(tmp_path / "w5"))
 
 
 def test_missing_dlib_stops_the_job_and_is_not_recorded_as_the_photos_fault(
@@ -220,6 +230,15 @@ def test_pre_aligned_photos_and_id_matched_latents(tmp_path):
   out = inversion.load_inversion(str(tmp_path / "w"))
   np.testing.assert_array_equal(out["wplus"][0], np.broadcast_to(w, (18, 512)))  # W -> W+
   np.testing.assert_array_equal(out["corners"][0], [[0, 0], [0, 512], [512, 512], [512, 0]])
+  # Codes without ids follow the photos' sorted paths (the official e4e's order), which
+  # face ids do not keep: 'x y.png' < 'x.png' as paths, 'x_y.png_f0' > 'x.png_f0' as ids.
+  shutil.copy(root / "x.png", root / "x y.png")
+  np.save(config.latents_file.replace(".npz", ".npy"), np.stack([w, -w]))
+  config.latents_file = config.latents_file.replace(".npz", ".npy")
+  inversion.run(config, str(tmp_path / "w2"))
+  out = inversion.load_inversion(str(tmp_path / "w2"))
+  assert list(out["ids"]) == ["x.png_f0", "x_y.png_f0"]
+  np.testing.assert_array_equal(out["wplus"][:, 0], [-w, w])
 
 
 def test_resume_refuses_other_photos_and_other_settings(tmp_path):

@@ -86,6 +86,33 @@ def test_config_errors_are_specific(tmp_path):
   c.num_shards = 2
   with pytest.raises(ValueError, match="cannot be split into shards"):
     pipeline.check_inputs(c)
+  # Each of these once stopped the job only after aligning (or inverting, tuning, or
+  # evaluating) every photo, or skipped every photo as unalignable.
+  missing = str(tmp_path / "missing")
+  for field, value, error, message in (
+      ("generator.weights", missing, FileNotFoundError, "generator weights .*--kind=stylegan2"),
+      ("clip.weights", missing, FileNotFoundError, "CLIP weights .*--kind=clip"),
+      ("fr.weights_dir", missing, FileNotFoundError, "FR model mobile_face weights"),
+      ("method", "e4e", FileNotFoundError, "e4e weights"),
+      ("clip.preset", "ViT-B/23", ValueError, "unknown CLIP preset"),
+      ("generator.dtype", "bf16", ValueError, "generator.dtype='bf16': use one of"),
+      ("generator.conv_impl", "groupd", ValueError, "generator.conv_impl='groupd'"),
+      ("generator.size", 24, ValueError, "generator.size=24: use a power of two"),
+      ("align.face_policy", "biggest", ValueError, "face_policy='biggest'"),
+      ("align.on_error", "ignore", ValueError, "on_error='ignore'"),
+      ("batch_size", 0, ValueError, "batch_size=0: use 1 or more"),
+      ("protect.num_aug", 0, ValueError, "num_aug=0"),
+      ("protect.trainable_rows", (4, 8), ValueError, r"\[8\] out of range.*8 W\+ rows"),
+      ("evaluate.fars", (0.05,), ValueError, "no threshold at FAR"),
+      ("projection.steps", 0, ValueError, "projection.steps=0: use 1 or more"),
+      ("tune.lpips_weight", 1.0, FileNotFoundError, "LPIPS weights")):
+    c = load_config("protect", "tiny")
+    section, _, name = field.rpartition(".")
+    (c[section] if section else c)[name] = value
+    if field == "tune.lpips_weight":
+      c.tune.lpips_weights = missing
+    with pytest.raises(error, match=message):
+      pipeline.check_inputs(c)
 
 
 def test_box_to_aligned_inverts_the_corner_map():
@@ -214,6 +241,14 @@ def test_rerun_skips_and_one_face_alone_equals_the_batch(tiny_run):
     other.prompt = "purple eyeshadow"
     with pytest.raises(run_settings.SettingsMismatchError,
                        match="prompt: 'red lipstick' there, 'purple eyeshadow' now"):
+      pipeline.run(other, workdir)
+    # The protected faces depend on the inversion's settings too: its remedy (delete
+    # invert/, recomputed with these) must not leave faces made from the old codes.
+    other = config.copy_and_resolve_references()
+    other.align.upsample, other.projection.steps = 2, 7
+    with pytest.raises(run_settings.SettingsMismatchError,
+                       match=r"protect/settings.json\): align.upsample: 1 there, 2 now.*"
+                             r"projection.steps: 5 there, 7 now"):
       pipeline.run(other, workdir)
     os.remove(os.path.join(workdir, "protect", "results", "biden.jpg_f0.json"))
     photo = os.path.join(workdir, "protect", "photos", "biden.jpg.png")
@@ -409,6 +444,11 @@ def test_official_cumulative_run_resumes_with_its_carried_generator(tmp_path):
     np.testing.assert_array_equal(
         image_io.read_rgb(str(tmp_path / "resumed" / "protect" / "faces" / "biden.jpg_f0.png")),
         faces["resumed"])
+    # A save_carry stopped between its renames (old carry moved aside, new one complete
+    # beside it) is completed on resume.
+    os.replace(carry, f"{carry}.tmp")
+    shutil.copytree(tmp_path / "carry_after_astronaut", f"{carry}.old")
+    assert pipeline.carry_last_id(str(carry.parent)) == "biden.jpg_f0" and carry.is_dir()
     os.remove(tmp_path / "resumed" / "protect" / "results" / "biden.jpg_f0.json")
     with pytest.raises(RuntimeError, match="sequence changed"):
       run(both, tmp_path / "resumed")   # the carry is the one saved after biden

@@ -8,9 +8,24 @@
 # machine without one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+  ""|dev|gpu-plan) ;;
+  *) echo "setup: unknown mode '$1': use no argument (runtime), dev or gpu-plan" >&2; exit 2 ;;
+esac
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: $(python3 --version 2>&1) found; clip2protect_jax needs Python >= 3.11" >&2
+  exit 2
+fi
+# A venv that Debian's python3 made without the python3-venv package has no pip: remade.
+venv() {
+  [[ -x "$1/bin/pip" ]] && return 0
+  rm -rf "$1"
+  python3 -m venv "$1" || { rm -rf "$1"; echo "setup: python3 -m venv failed (on Debian:" \
+    "apt install python3-venv)" >&2; exit 1; }
+}
 if [[ "${1:-}" == "gpu-plan" ]]; then
   bash tools/setup.sh
-  [[ -x .venv-gpu-plan/bin/python ]] || python3 -m venv .venv-gpu-plan
+  venv .venv-gpu-plan
   site_of() { "$1" -c "import site; print(site.getsitepackages()[0])"; }
   site_of .venv/bin/python > "$(site_of .venv-gpu-plan/bin/python)/clip2protect-venv.pth"
   if ! .venv-gpu-plan/bin/python -m pip install --quiet --disable-pip-version-check \
@@ -24,7 +39,7 @@ if [[ "${1:-}" == "gpu-plan" ]]; then
 fi
 req=requirements.txt
 [[ "${1:-}" == "dev" ]] && req=requirements-dev.txt
-[[ -x .venv/bin/python ]] || python3 -m venv .venv
+venv .venv
 stamp=".venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-${req%.txt}"
 if [[ ! -f "$stamp" ]]; then
   if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req" \
