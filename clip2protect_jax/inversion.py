@@ -321,9 +321,10 @@ def check_latents_file(path: str, shard: shards.Shard) -> None:
   if path.endswith((".pt", ".pth")) and importlib.util.find_spec("torch") is None:
     raise ModuleNotFoundError(
         f"config.latents_file={path!r}: reading a .pt file needs PyTorch, which the runtime "
-        "setup does not install: pip install torch==2.13.0 (bash tools/setup.sh dev has it), "
-        "or convert the file where torch is, e.g. python -c \"import numpy, torch; "
-        "numpy.savez('latents.npz', wplus=torch.load('latents.pt').numpy())\".")
+        "setup does not install: pip install torch==2.13.0 --index-url "
+        "https://download.pytorch.org/whl/cpu (bash tools/setup.sh dev has it), or convert "
+        "the file where torch is, e.g. python -c \"import numpy, torch; numpy.savez("
+        "'latents.npz', wplus=torch.load('latents.pt', map_location='cpu').numpy())\".")
   if shard.count > 1:
     has_ids = False
     if path.endswith(".npz"):
@@ -387,6 +388,20 @@ def encode_latents_file(config, out_dir: str, todo: list[dict[str, Any]],
   missing = [f["id"] for f in todo if f["id"] not in by_id]
   if missing:
     raise ValueError(f"{config.latents_file}: no codes for faces {missing[:5]}")
+  # Codes taken from it earlier must be the ones it gives now (not a changed file, nor the
+  # face-id order of codes without ids that older versions used).
+  todo_ids = {f["id"] for f in todo}
+  changed = []
+  for fid in (f["id"] for f in all_faces if f["id"] not in todo_ids and f["id"] in by_id):
+    with np.load(latent_path(out_dir, fid)) as d:
+      if not np.array_equal(d["wplus"], by_id[fid]):
+        changed.append(fid)
+  if changed:
+    raise ValueError(
+        f"{config.latents_file} gives faces {changed[:5]} other codes than it gave them "
+        f"before ({out_dir}/latents): the file changed, or an older version took codes "
+        "without ids in face-id order. Use a new --workdir, or delete "
+        f"{out_dir} (and the protect folder made from it) to take every code anew.")
   for face in todo:
     atomic_savez(latent_path(out_dir, face["id"]), wplus=by_id[face["id"]])
   return f"latents file {config.latents_file}"
@@ -413,10 +428,11 @@ def latent_path(out_dir: str, fid: str) -> str:
 ENCODERS = ("e4e", "projection", "latents")
 
 
-def check_config(config, shard: shards.Shard) -> None:
+def check_config(config, shard: shards.Shard, workdir: str | None = None) -> None:
   """Fails early, before any work, on align and invert settings that cannot run (an error
   naming the field): a typo would otherwise skip every photo, or stop the job after
-  aligning them."""
+  aligning them. The encoder's weights are checked here unless `workdir` holds codes
+  already (a finished run needs none; the loader checks them if new faces come)."""
   presets.check_choice(config.method, ENCODERS, "method")
   align.check_face_policy(config.align.face_policy)
   presets.check_choice(config.align.on_error, ("skip", "raise"), "align.on_error")
@@ -424,21 +440,26 @@ def check_config(config, shard: shards.Shard) -> None:
   if config.method in ("e4e", "projection"):
     parallel.check_batch_size(config.devices, config[config.method].batch_size,
                               f"config.{config.method}.batch_size")
+  if config.method == "latents":
+    check_latents_file(config.latents_file, shard)
+    return
+  if config.method == "projection":
+    projection_config(config)
+  if workdir and run_settings.has_files(os.path.dirname(latent_path(
+      os.path.join(workdir, SUBDIR), "_"))):
+    return
   if config.method == "e4e":
     require_e4e(config.e4e.weights)
-  elif config.method == "projection":
-    projection_config(config)
+  else:
     weights_lib.require_generator(config.generator.weights)
     if config.projection.lpips:
       weights_lib.require_lpips(config.projection.lpips_weights)
-  else:
-    check_latents_file(config.latents_file, shard)
 
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Aligns and inverts every photo of config.photos into workdir/invert (resumable)."""
   shard = shards.resolve(config)
-  check_config(config, shard)
+  check_config(config, shard, workdir)
   out_dir = os.path.join(workdir, SUBDIR)
   os.makedirs(out_dir, exist_ok=True)
   t0 = time.perf_counter()

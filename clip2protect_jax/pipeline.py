@@ -115,25 +115,30 @@ def fr_weights_folder(config, name: str) -> str:
   return os.path.join(config.fr.weights_dir, registry.get(name).weights_subdir or name)
 
 
-def check_inputs(config) -> None:
+def check_inputs(config, workdir: str | None = None) -> None:
   """Fails early, before any work, on a config that cannot run (an error naming the field
   and the remedy): each of these would otherwise stop the job after the inversion, the
-  first batch or every face."""
+  first batch or every face. The weights of a stage are checked here unless `workdir`
+  holds its results already (a finished run needs none; the loaders check them if new
+  faces come)."""
   shard = shards.resolve(config)
-  inversion.check_config(config, shard)
-  for name in fr_model_names(config):
-    weights_lib.require_face_model(name, fr_weights_folder(config, name))
+  inversion.check_config(config, shard, workdir)
+  names = fr_model_names(config)
   evaluation.check_fars(config)
   tuning_settings(config)
   settings = protect_settings(config)
   protect.row_mask(inversion.num_latents(config), settings.trainable_rows)
-  weights_lib.require_generator(config.generator.weights)
-  weights_lib.require_clip(config.clip.preset, config.clip.weights)
-  presets.check_choice(config.clip.dtype, weights_lib.COMPUTE_DTYPES, "clip.dtype")
-  if config.tune.lpips_weight:
-    weights_lib.require_lpips(config.tune.lpips_weights)
-    presets.check_choice(config.tune.lpips_dtype, weights_lib.COMPUTE_DTYPES,
-                             "tune.lpips_dtype")
+  presets.check_choice(config.clip.dtype, weights_lib.CLIP_DTYPES, "clip.dtype")
+  presets.check_choice(config.tune.lpips_dtype, weights_lib.COMPUTE_DTYPES,
+                       "tune.lpips_dtype")
+  if not (workdir and run_settings.has_files(os.path.dirname(
+      result_path(os.path.join(workdir, SUBDIR), "_")))):
+    for name in names:
+      weights_lib.require_face_model(name, fr_weights_folder(config, name))
+    weights_lib.require_generator(config.generator.weights)
+    weights_lib.require_clip(config.clip.preset, config.clip.weights)
+    if config.tune.lpips_weight:
+      weights_lib.require_lpips(config.tune.lpips_weights)
   parallel.check_batch_size(config.devices, config.batch_size, "config.batch_size")
   if config.tune.schedule == "cumulative" and shard.count > 1:
     raise ValueError(
@@ -646,14 +651,16 @@ def paste_back_photos(out_dir: str, arrays: dict[str, np.ndarray], workdir: str,
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) every stage for the photos in config.photos."""
-  check_inputs(config)
+  check_inputs(config, workdir)
   shard = shards.resolve(config)
   t_start = time.perf_counter()
   out_dir = os.path.join(workdir, SUBDIR)
-  run_settings.check(os.path.join(out_dir, "settings.json"), result_settings(config),
+  settings_path = os.path.join(out_dir, "settings.json")
+  run_settings.check(settings_path, result_settings(config),
                      run_settings.has_files(os.path.dirname(result_path(out_dir, "_"))),
                      f"the protected faces in {out_dir}", optional=RESULT_OPTIONAL_FIELDS)
-  inv = inversion.run(config, workdir)
+  inv = inversion.run(config, workdir)   # its records have checked the inversion's fields
+  run_settings.add_missing(settings_path, result_settings(config))
   arrays = inv["arrays"]
   inv_dir = os.path.join(workdir, inversion.SUBDIR)
   ids = [str(i) for i in arrays["ids"]]

@@ -109,7 +109,7 @@ def protect_config(arg: str = "", official: bool = False) -> ml_collections.Conf
   c.prompt = "red lipstick"
   c.source_text = "face"
   c.clip = ml_collections.ConfigDict(dict(preset="ViT-B/32", weights=CLIP_VIT_B32,
-                                          dtype="float32"))
+                                          dtype="float32"))  # | bfloat16 | float16 (official)
   c.target = ml_collections.ConfigDict(dict(PAPER_TARGET))  # crop () = dlib face box
   c.fr = ml_collections.ConfigDict(dict(
       surrogates=("ir152", "irse50", "mobile_face"),  # attacked with gradients

@@ -77,3 +77,18 @@ def check(path: str, settings: Mapping[str, Any], has_results: bool, what: str,
                     "kept and assumed to match this run's settings, which are recorded now",
                     what, path)
   atomic_write_json(path, settings)
+
+
+def add_missing(path: str, settings: Mapping[str, Any]) -> None:
+  """Adds to the record at `path` the fields of `settings` it lacks: those an older version
+  did not record, which check() let pass as optional, once the caller has checked them
+  otherwise (protect/: the inversion's, by invert/'s own records). Later runs compare
+  them."""
+  settings = json.loads(json.dumps(dict(settings)))
+  with open(path) as f:
+    saved = json.load(f)
+  missing = {k: v for k, v in settings.items() if k not in saved}
+  if missing:
+    logging.info("%s: recording %s (made by an older version without them)", path,
+                 sorted(missing))
+    atomic_write_json(path, {**saved, **missing})

@@ -342,8 +342,9 @@ def tune(generator: Generator, lpips_model: LPIPS, settings: TuningSettings,
   tuned, frozen = split_params(settings, params)
   if opt_state is None:  # placed as the params are, as the step returns it: one compilation
     opt_state = jax.jit(make_optimizer(settings).init)(tuned)
-    sharding = jax.tree_util.tree_leaves(tuned)[0].sharding
-    if len(sharding.device_set) > 1:   # replicated params: jit gave one device's arrays
+    sharding = getattr(jax.tree_util.tree_leaves(tuned)[0], "sharding", None)
+    if sharding is not None and len(sharding.device_set) > 1:   # replicated params: jit
+      # gave one device's arrays
       opt_state = jax.device_put(opt_state, sharding)
   snapshots, losses = [], []
   for i in range(wplus0.shape[0]):  # official: generator and Adam state carry over

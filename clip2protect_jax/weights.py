@@ -21,7 +21,8 @@ STYLEGAN2_ARCH_FIELDS = ("size", "style_dim", "n_mlp", "channel_multiplier", "ch
                          "blur_kernel", "lr_mlp")
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16")   # the dtype fields' choices (generator, CLIP, LPIPS)
+COMPUTE_DTYPES = ("float32", "bfloat16")   # generator.dtype's and tune.lpips_dtype's choices
+CLIP_DTYPES = (*COMPUTE_DTYPES, "float16")  # clip.dtype's (the official code: float16)
 
 
 def check_generator(cfg) -> None:

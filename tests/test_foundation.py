@@ -171,7 +171,10 @@ def test_settings_records_compare_optional_fields_only_where_both_have_them(tmp_
   with pytest.raises(run_settings.SettingsMismatchError, match=r"b.c: \[1, 2\] there, "
                      r"\(not set\) now"):   # a required field gone
     run_settings.check(path, {"a": 1}, True, "the results", optional=("d",))
-  run_settings.check(path, {"a": 1, "b.c": [1, 2], "d.e": "x"}, False, "the results")
+  # Once checked otherwise, the missing fields are recorded, and compared from then on.
+  run_settings.add_missing(path, {"a": 2, "b.c": [1, 2], "d.e": "x"})
+  with open(path) as f:
+    assert json.load(f) == {"a": 1, "b.c": [1, 2], "d.e": "x"}
   with pytest.raises(run_settings.SettingsMismatchError, match="d.e: 'x' there, 'y' now"):
     run_settings.check(path, {"a": 1, "b.c": [1, 2], "d.e": "y"}, True, "the results",
                        optional=("d",))   # both have it: compared

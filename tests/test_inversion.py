@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip2protect_jax import align, inversion, projection, run_settings
+from clip2protect_jax import align, inversion, projection, run_settings, shards
 from clip2protect_jax.image_io import read_rgb
 from clip2protect_jax.models import stylegan2
 
@@ -79,7 +79,8 @@ def test_invert_job_with_given_latents_is_complete_and_resumable(photo_dir, tmp_
 
   summary = inversion.run(config, workdir)
   out = inversion.load_inversion(workdir)
-  # Faces in sorted id order: a_face (1 face), sub__group (2 faces).
+  # Faces in sorted id order, codes in sorted path order (here the same): a_face (1 face),
+  # sub/group (2 faces).
   assert list(out["ids"]) == ["a_face.png_f0", "sub__group.png_f0", "sub__group.png_f1"]
   np.testing.assert_array_equal(out["wplus"], codes)
   assert out["boxes"].shape == (3, 4) and out["corners"].shape == (3, 4, 2)
@@ -107,11 +108,15 @@ def test_invert_job_with_given_latents_is_complete_and_resumable(photo_dir, tmp_
   np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"], codes)
   assert before == os.path.getmtime(
       os.path.join(workdir, "invert", "aligned", "a_face.png_f0.png"))
-  # An interrupted encode (a missing latent file) is redone for that face only.
+  # An interrupted encode (a missing latent file) is redone for that face only, from the
+  # file that gave the others their codes (not from a changed one: two files in one run).
   os.remove(os.path.join(workdir, "invert", "latents", "sub__group.png_f1.npz"))
+  with pytest.raises(ValueError, match=r"other codes than it gave them before"):
+    inversion.run(config, workdir)
+  np.save(config.latents_file, codes)
   summary3 = inversion.run(config, workdir)
   assert summary3["encoded_now"] == 1
-  np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"][2], codes[2] + 1)
+  np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"], codes)
   leftovers = [f for _, _, fs in os.walk(workdir) for f in fs if f.endswith(".tmp")]
   assert not leftovers
   with open(os.path.join(workdir, "invert", "summary.json")) as f:
@@ -180,6 +185,9 @@ def test_invert_job_errors(photo_dir, tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match="kind=e4e"):
     inversion.run(config, str(tmp_path / "w3"))
   assert not os.path.exists(tmp_path / "w3")   # before any work
+  os.makedirs(tmp_path / "w3" / "invert" / "latents")   # codes made (e.g. elsewhere):
+  (tmp_path / "w3" / "invert" / "latents" / "x.npz").touch()   # e4e needed for new faces only
+  inversion.check_config(config, shards.Shard(0, 1), str(tmp_path / "w3"))
   config.method = "latents"
   config.photos = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="no such file or folder"):
@@ -239,6 +247,15 @@ def test_pre_aligned_photos_and_id_matched_latents(tmp_path):
   out = inversion.load_inversion(str(tmp_path / "w2"))
   assert list(out["ids"]) == ["x.png_f0", "x_y.png_f0"]
   np.testing.assert_array_equal(out["wplus"][:, 0], [-w, w])
+  # A resumed run takes the new photo's code, and refuses a file that gives the faces
+  # already done other codes (a changed file, or an older version's face-id order).
+  shutil.copy(root / "x.png", root / "y.png")
+  np.save(config.latents_file, np.stack([w, -w, 2 * w]))
+  assert inversion.run(config, str(tmp_path / "w2"))["encoded_now"] == 1
+  shutil.copy(root / "x.png", root / "z.png")
+  np.save(config.latents_file, np.stack([-w, w, 2 * w, 3 * w]))
+  with pytest.raises(ValueError, match=r"faces \['x.png_f0', 'x_y.png_f0'\] other codes"):
+    inversion.run(config, str(tmp_path / "w2"))
 
 
 def test_resume_refuses_other_photos_and_other_settings(tmp_path):

@@ -16,10 +16,13 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "setup: $(python3 --version 2>&1) found; clip2protect_jax needs Python >= 3.11" >&2
   exit 2
 fi
-# A venv that Debian's python3 made without the python3-venv package has no pip: remade.
 venv() {
-  [[ -x "$1/bin/pip" ]] && return 0
-  rm -rf "$1"
+  if [[ -e "$1" ]]; then
+    "$1/bin/python" -m pip --version > /dev/null 2>&1 && return 0
+    echo "setup: $1 has no working pip (made without Debian's python3-venv, or by another" \
+      "tool): remove it (rm -rf $1) and rerun" >&2
+    exit 1
+  fi
   python3 -m venv "$1" || { rm -rf "$1"; echo "setup: python3 -m venv failed (on Debian:" \
     "apt install python3-venv)" >&2; exit 1; }
 }
