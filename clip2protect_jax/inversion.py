@@ -29,6 +29,7 @@ corners, valid) puts a protected face back into its photo.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -324,7 +325,8 @@ def check_latents_file(path: str, shard: shards.Shard) -> None:
         "setup does not install: pip install torch==2.13.0 --index-url "
         "https://download.pytorch.org/whl/cpu (bash tools/setup.sh dev has it), or convert "
         "the file where torch is, e.g. python -c \"import numpy, torch; numpy.savez("
-        "'latents.npz', wplus=torch.load('latents.pt', map_location='cpu').numpy())\".")
+        "'latents.npz', wplus=torch.load('latents.pt', map_location='cpu').detach()"
+        ".numpy())\".")
   if shard.count > 1:
     has_ids = False
     if path.endswith(".npz"):
@@ -394,7 +396,7 @@ def encode_latents_file(config, out_dir: str, todo: list[dict[str, Any]],
   changed = []
   for fid in (f["id"] for f in all_faces if f["id"] not in todo_ids and f["id"] in by_id):
     with np.load(latent_path(out_dir, fid)) as d:
-      if not np.array_equal(d["wplus"], by_id[fid]):
+      if not np.array_equal(d["wplus"], by_id[fid], equal_nan=True):
         changed.append(fid)
   if changed:
     raise ValueError(
@@ -431,8 +433,9 @@ ENCODERS = ("e4e", "projection", "latents")
 def check_config(config, shard: shards.Shard, workdir: str | None = None) -> None:
   """Fails early, before any work, on align and invert settings that cannot run (an error
   naming the field): a typo would otherwise skip every photo, or stop the job after
-  aligning them. The encoder's weights are checked here unless `workdir` holds codes
-  already (a finished run needs none; the loader checks them if new faces come)."""
+  aligning them. The encoder's weights: weights_lib.require_all, resumed when `workdir`
+  holds codes already. A latents file is always needed: the codes taken from it earlier
+  are checked against it."""
   presets.check_choice(config.method, ENCODERS, "method")
   align.check_face_policy(config.align.face_policy)
   presets.check_choice(config.align.on_error, ("skip", "raise"), "align.on_error")
@@ -445,15 +448,20 @@ def check_config(config, shard: shards.Shard, workdir: str | None = None) -> Non
     return
   if config.method == "projection":
     projection_config(config)
-  if workdir and run_settings.has_files(os.path.dirname(latent_path(
-      os.path.join(workdir, SUBDIR), "_"))):
-    return
   if config.method == "e4e":
-    require_e4e(config.e4e.weights)
+    checks = [functools.partial(require_e4e, config.e4e.weights)]
   else:
-    weights_lib.require_generator(config.generator.weights)
+    checks = [functools.partial(weights_lib.require_generator, config.generator.weights)]
     if config.projection.lpips:
-      weights_lib.require_lpips(config.projection.lpips_weights)
+      checks.append(functools.partial(weights_lib.require_lpips,
+                                      config.projection.lpips_weights))
+  weights_lib.require_all(checks, bool(workdir) and has_codes(workdir))
+
+
+def has_codes(workdir: str) -> bool:
+  """Whether workdir/invert holds any W+ code (of this run's faces or others')."""
+  return run_settings.has_files(os.path.dirname(latent_path(os.path.join(workdir, SUBDIR),
+                                                            "_")))
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -469,16 +477,16 @@ def run(config, workdir: str) -> dict[str, Any]:
   # Any code in the folder counts (another shard's, or another photo set's): all of them
   # must come from the recorded settings.
   run_settings.check(os.path.join(out_dir, "encode_settings.json"), encode_settings(config),
-                     run_settings.has_files(os.path.dirname(latent_path(out_dir, "_"))),
+                     has_codes(workdir),
                      f"the W+ codes in {out_dir}/latents", optional=UNUSED_ENCODE_FIELDS)
   weights = "nothing to encode"
-  if todo:
+  if config.method == "latents":   # also with nothing to do: checks the codes taken before
+    weights = encode_latents_file(config, out_dir, todo, faces)
+  elif todo:
     if config.method == "e4e":
       weights = encode_e4e(config, out_dir, todo)
-    elif config.method == "projection":
-      weights = encode_projection(config, out_dir, todo)
     else:
-      weights = encode_latents_file(config, out_dir, todo, faces)
+      weights = encode_projection(config, out_dir, todo)
   t_encode = time.perf_counter() - t0 - t_align
   arrays_path = os.path.join(out_dir, shards.output_name("invert.npz", shard))
   result = collect(out_dir, faces, num_latents(config), config.generator.style_dim,

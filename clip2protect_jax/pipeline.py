@@ -118,9 +118,8 @@ def fr_weights_folder(config, name: str) -> str:
 def check_inputs(config, workdir: str | None = None) -> None:
   """Fails early, before any work, on a config that cannot run (an error naming the field
   and the remedy): each of these would otherwise stop the job after the inversion, the
-  first batch or every face. The weights of a stage are checked here unless `workdir`
-  holds its results already (a finished run needs none; the loaders check them if new
-  faces come)."""
+  first batch or every face. The weights: weights_lib.require_all, resumed when `workdir`
+  holds protected faces already."""
   shard = shards.resolve(config)
   inversion.check_config(config, shard, workdir)
   names = fr_model_names(config)
@@ -131,14 +130,14 @@ def check_inputs(config, workdir: str | None = None) -> None:
   presets.check_choice(config.clip.dtype, weights_lib.CLIP_DTYPES, "clip.dtype")
   presets.check_choice(config.tune.lpips_dtype, weights_lib.COMPUTE_DTYPES,
                        "tune.lpips_dtype")
-  if not (workdir and run_settings.has_files(os.path.dirname(
-      result_path(os.path.join(workdir, SUBDIR), "_")))):
-    for name in names:
-      weights_lib.require_face_model(name, fr_weights_folder(config, name))
-    weights_lib.require_generator(config.generator.weights)
-    weights_lib.require_clip(config.clip.preset, config.clip.weights)
-    if config.tune.lpips_weight:
-      weights_lib.require_lpips(config.tune.lpips_weights)
+  checks = [functools.partial(weights_lib.require_face_model, name,
+                              fr_weights_folder(config, name)) for name in names]
+  checks += [functools.partial(weights_lib.require_generator, config.generator.weights),
+             functools.partial(weights_lib.require_clip, config.clip.preset,
+                               config.clip.weights)]
+  if config.tune.lpips_weight:
+    checks.append(functools.partial(weights_lib.require_lpips, config.tune.lpips_weights))
+  weights_lib.require_all(checks, bool(workdir) and has_results(workdir))
   parallel.check_batch_size(config.devices, config.batch_size, "config.batch_size")
   if config.tune.schedule == "cumulative" and shard.count > 1:
     raise ValueError(
@@ -227,8 +226,9 @@ def photo_embeddings(names: Sequence[str], params: Mapping[str, Any], photos: Ma
 
 
 def check_references(config, shard: shards.Shard) -> None:
-  """Every photo of the shard has its dodging reference (config.evaluate.source_references), showing a
-  face: checked before any work, as a missing one would stop the job after tuning."""
+  """Every photo of the shard has its dodging reference (config.evaluate.source_references),
+  showing a face: checked before any work, as a missing one would stop the job after
+  tuning."""
   if not config.evaluate.source_references:
     return
   if config.align.face_policy == "all":
@@ -618,6 +618,12 @@ def result_path(out_dir: str, fid: str) -> str:
   return os.path.join(out_dir, "results", fid + ".json")
 
 
+def has_results(workdir: str) -> bool:
+  """Whether workdir/protect holds any protected face (of this run's faces or others')."""
+  return run_settings.has_files(os.path.dirname(result_path(os.path.join(workdir, SUBDIR),
+                                                            "_")))
+
+
 def write_face(out_dir: str, record: dict[str, Any], images: dict[str, np.ndarray], j: int
                ) -> None:
   fid = record["id"]
@@ -657,10 +663,12 @@ def run(config, workdir: str) -> dict[str, Any]:
   out_dir = os.path.join(workdir, SUBDIR)
   settings_path = os.path.join(out_dir, "settings.json")
   run_settings.check(settings_path, result_settings(config),
-                     run_settings.has_files(os.path.dirname(result_path(out_dir, "_"))),
-                     f"the protected faces in {out_dir}", optional=RESULT_OPTIONAL_FIELDS)
-  inv = inversion.run(config, workdir)   # its records have checked the inversion's fields
-  run_settings.add_missing(settings_path, result_settings(config))
+                     has_results(workdir), f"the protected faces in {out_dir}",
+                     optional=RESULT_OPTIONAL_FIELDS)
+  had_codes = inversion.has_codes(workdir)
+  inv = inversion.run(config, workdir)
+  if had_codes:   # invert/'s records have checked the inversion's fields against its codes
+    run_settings.add_missing(settings_path, result_settings(config))
   arrays = inv["arrays"]
   inv_dir = os.path.join(workdir, inversion.SUBDIR)
   ids = [str(i) for i in arrays["ids"]]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from clip2protect_jax import checkpoints, presets
 from clip2protect_jax.models import stylegan2
@@ -94,6 +95,19 @@ def _check_kind(path: str, kind: str, **expected: Any) -> dict[str, Any]:
     if meta.get(k) != v:
       raise ValueError(f"{path} was converted with {k}={meta.get(k)!r}, expected {v!r}")
   return meta
+
+
+def require_all(checks: Sequence[Callable[[], None]], resumed: bool) -> None:
+  """Runs `checks` (require_* calls bound to a config's folders) before any work. For a
+  `resumed` stage (results in the workdir: it may be finished, and a finished stage needs
+  no weights) a missing folder is logged instead; its loader raises if faces are left."""
+  for check in checks:
+    try:
+      check()
+    except FileNotFoundError as e:
+      if not resumed:
+        raise
+      logging.warning("%s (needed only if faces are left to do)", e)
 
 
 def require_generator(path: str) -> None:

@@ -100,20 +100,19 @@ def test_invert_job_with_given_latents_is_complete_and_resumable(photo_dir, tmp_
   mask = align.paste_mask(face.shape, out["corners"][0], out["valid"][0])
   np.testing.assert_array_equal(pasted[mask == 0], face[mask == 0])
 
-  # Rerun with different codes: nothing is re-aligned or re-encoded.
+  # A rerun with a changed file is refused (its codes would mix with those taken before);
+  # with the same file, nothing is re-aligned or re-encoded.
   np.save(config.latents_file, codes + 1.0)
-  before = os.path.getmtime(os.path.join(workdir, "invert", "aligned", "a_face.png_f0.png"))
-  summary2 = inversion.run(config, workdir)
-  assert summary2["encoded_now"] == 0 and summary2["kept_from_earlier_runs"] == 3
-  np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"], codes)
-  assert before == os.path.getmtime(
-      os.path.join(workdir, "invert", "aligned", "a_face.png_f0.png"))
-  # An interrupted encode (a missing latent file) is redone for that face only, from the
-  # file that gave the others their codes (not from a changed one: two files in one run).
-  os.remove(os.path.join(workdir, "invert", "latents", "sub__group.png_f1.npz"))
   with pytest.raises(ValueError, match=r"other codes than it gave them before"):
     inversion.run(config, workdir)
   np.save(config.latents_file, codes)
+  before = os.path.getmtime(os.path.join(workdir, "invert", "aligned", "a_face.png_f0.png"))
+  summary2 = inversion.run(config, workdir)
+  assert summary2["encoded_now"] == 0 and summary2["kept_from_earlier_runs"] == 3
+  assert before == os.path.getmtime(
+      os.path.join(workdir, "invert", "aligned", "a_face.png_f0.png"))
+  # An interrupted encode (a missing latent file) is redone for that face only.
+  os.remove(os.path.join(workdir, "invert", "latents", "sub__group.png_f1.npz"))
   summary3 = inversion.run(config, workdir)
   assert summary3["encoded_now"] == 1
   np.testing.assert_array_equal(inversion.load_inversion(workdir)["wplus"], codes)

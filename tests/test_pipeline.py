@@ -236,7 +236,16 @@ def test_rerun_skips_and_one_face_alone_equals_the_batch(tiny_run):
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
+    # A record of an older version (without the inversion's fields) is accepted, and gains
+    # them once invert/'s records have checked them.
+    record = os.path.join(workdir, "protect", "settings.json")
+    with open(record) as f:
+      full = json.load(f)
+    image_io.atomic_write_json(record, {k: v for k, v in full.items()
+                                        if not k.startswith(("align.", "projection."))})
     assert pipeline.run(config, workdir)["faces_protected_now"] == 0
+    with open(record) as f:
+      assert json.load(f) == full
     other = config.copy_and_resolve_references()
     other.prompt = "purple eyeshadow"
     with pytest.raises(run_settings.SettingsMismatchError,
