@@ -36,7 +36,7 @@ import os
 import re
 import time
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -376,6 +376,11 @@ def encode_latents_file(config, out_dir: str, todo: list[dict[str, Any]],
     codes = np.repeat(codes, n_latent, axis=1)
   check_n_latent(config, codes.shape[1], config.latents_file)
   if ids is None:
+    if codes.shape[0] != len(all_faces) and not todo:
+      logging.warning("%s: %d codes for %d faces (photos removed?): the codes taken from it "
+                      "earlier cannot be matched by position; nothing is taken now",
+                      config.latents_file, codes.shape[0], len(all_faces))
+      return f"latents file {config.latents_file}"
     if codes.shape[0] != len(all_faces):
       raise ValueError(
           f"{config.latents_file}: {codes.shape[0]} codes for {len(all_faces)} faces. Codes "
@@ -433,8 +438,8 @@ ENCODERS = ("e4e", "projection", "latents")
 def check_config(config, shard: shards.Shard, workdir: str | None = None) -> None:
   """Fails early, before any work, on align and invert settings that cannot run (an error
   naming the field): a typo would otherwise skip every photo, or stop the job after
-  aligning them. The encoder's weights: weights_lib.require_all, resumed when `workdir`
-  holds codes already. A latents file is always needed: the codes taken from it earlier
+  aligning them. The encoder's weights: weights_lib.require_all, finished when each face
+  of the shard's photos has its code in `workdir`. A latents file is always needed: the codes taken from it earlier
   are checked against it."""
   presets.check_choice(config.method, ENCODERS, "method")
   align.check_face_policy(config.align.face_policy)
@@ -455,13 +460,35 @@ def check_config(config, shard: shards.Shard, workdir: str | None = None) -> Non
     if config.projection.lpips:
       checks.append(functools.partial(weights_lib.require_lpips,
                                       config.projection.lpips_weights))
-  weights_lib.require_all(checks, bool(workdir) and has_codes(workdir))
+  out_dir = os.path.join(workdir or "", SUBDIR)
+  weights_lib.require_all(checks, bool(workdir) and all_faces_have(
+      config, workdir, shard, lambda fid: latent_path(out_dir, fid)))
 
 
 def has_codes(workdir: str) -> bool:
   """Whether workdir/invert holds any W+ code (of this run's faces or others')."""
   return run_settings.has_files(os.path.dirname(latent_path(os.path.join(workdir, SUBDIR),
                                                             "_")))
+
+
+def all_faces_have(config, workdir: str, shard: shards.Shard,
+                   done_path: Callable[[str], str]) -> bool:
+  """Whether every photo of the shard has its alignment record in workdir and each of its
+  faces the file done_path(face id) (its code, its protected result): a stage with
+  nothing left to do, which needs no weights. Reads the records only (no photo)."""
+  try:
+    photos = list_photos(config.photos)
+  except FileNotFoundError:
+    return False
+  keyed = [photo_key(p, config.photos) for p in photos]
+  for key in shards.select(keyed, shard):
+    record_path = os.path.join(workdir, SUBDIR, "faces", key + ".json")
+    if not os.path.exists(record_path):
+      return False
+    with open(record_path) as f:
+      if not all(os.path.exists(done_path(face["id"])) for face in json.load(f)["faces"]):
+        return False
+  return True
 
 
 def run(config, workdir: str) -> dict[str, Any]:

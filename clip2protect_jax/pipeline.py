@@ -118,8 +118,8 @@ def fr_weights_folder(config, name: str) -> str:
 def check_inputs(config, workdir: str | None = None) -> None:
   """Fails early, before any work, on a config that cannot run (an error naming the field
   and the remedy): each of these would otherwise stop the job after the inversion, the
-  first batch or every face. The weights: weights_lib.require_all, resumed when `workdir`
-  holds protected faces already."""
+  first batch or every face. The weights: weights_lib.require_all, finished when each face
+  of the shard's photos is protected in `workdir`."""
   shard = shards.resolve(config)
   inversion.check_config(config, shard, workdir)
   names = fr_model_names(config)
@@ -137,7 +137,9 @@ def check_inputs(config, workdir: str | None = None) -> None:
                                config.clip.weights)]
   if config.tune.lpips_weight:
     checks.append(functools.partial(weights_lib.require_lpips, config.tune.lpips_weights))
-  weights_lib.require_all(checks, bool(workdir) and has_results(workdir))
+  out_dir = os.path.join(workdir or "", SUBDIR)
+  weights_lib.require_all(checks, bool(workdir) and inversion.all_faces_have(
+      config, workdir, shard, lambda fid: result_path(out_dir, fid)))
   parallel.check_batch_size(config.devices, config.batch_size, "config.batch_size")
   if config.tune.schedule == "cumulative" and shard.count > 1:
     raise ValueError(
@@ -665,10 +667,17 @@ def run(config, workdir: str) -> dict[str, Any]:
   run_settings.check(settings_path, result_settings(config),
                      has_results(workdir), f"the protected faces in {out_dir}",
                      optional=RESULT_OPTIONAL_FIELDS)
-  had_codes = inversion.has_codes(workdir)
+  if (has_results(workdir) and not inversion.has_codes(workdir)
+      and run_settings.lacks(settings_path, inversion.align_settings(config))):
+    raise run_settings.SettingsMismatchError(
+        f"the protected faces in {out_dir} were made by an older version, whose record "
+        f"({settings_path}) lacks the inversion's settings, from codes no longer in "
+        f"{workdir}/{inversion.SUBDIR}: codes computed now could differ from theirs. Restore "
+        f"that folder, or delete {out_dir} to protect every face anew.")
   inv = inversion.run(config, workdir)
-  if had_codes:   # invert/'s records have checked the inversion's fields against its codes
-    run_settings.add_missing(settings_path, result_settings(config))
+  # invert/'s records have checked the inversion's fields against its codes: an older
+  # protect/ record gains them.
+  run_settings.add_missing(settings_path, result_settings(config))
   arrays = inv["arrays"]
   inv_dir = os.path.join(workdir, inversion.SUBDIR)
   ids = [str(i) for i in arrays["ids"]]

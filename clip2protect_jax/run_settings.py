@@ -79,6 +79,15 @@ def check(path: str, settings: Mapping[str, Any], has_results: bool, what: str,
   atomic_write_json(path, settings)
 
 
+def lacks(path: str, fields: Iterable[str]) -> bool:
+  """Whether the record at `path` exists and lacks any of `fields` (an older version's)."""
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    saved = json.load(f)
+  return any(k not in saved for k in fields)
+
+
 def add_missing(path: str, settings: Mapping[str, Any]) -> None:
   """Adds to the record at `path` the fields of `settings` it lacks: those an older version
   did not record, which check() let pass as optional, once the caller has checked them

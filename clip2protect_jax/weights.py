@@ -97,17 +97,17 @@ def _check_kind(path: str, kind: str, **expected: Any) -> dict[str, Any]:
   return meta
 
 
-def require_all(checks: Sequence[Callable[[], None]], resumed: bool) -> None:
+def require_all(checks: Sequence[Callable[[], None]], finished: bool) -> None:
   """Runs `checks` (require_* calls bound to a config's folders) before any work. For a
-  `resumed` stage (results in the workdir: it may be finished, and a finished stage needs
-  no weights) a missing folder is logged instead; its loader raises if faces are left."""
+  `finished` stage (every face of the run done: it needs no weights) a missing folder is
+  logged instead; its loader raises if a face turns out to be left."""
   for check in checks:
     try:
       check()
     except FileNotFoundError as e:
-      if not resumed:
+      if not finished:
         raise
-      logging.warning("%s (needed only if faces are left to do)", e)
+      logging.warning("%s (not needed: every face of this stage is done)", e)
 
 
 def require_generator(path: str) -> None:

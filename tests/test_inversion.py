@@ -179,14 +179,20 @@ def test_invert_job_errors(photo_dir, tmp_path, monkeypatch):
   np.save(config.latents_file, np.zeros((3, 18, 512), np.float32))
   with pytest.raises(ValueError, match="3 codes for 2 faces"):
     inversion.run(config, str(tmp_path / "w2"))
+  np.save(config.latents_file, np.zeros((2, 18, 512), np.float32))
+  inversion.run(config, str(tmp_path / "w2"))
   config.method = "e4e"
   config.e4e.weights = str(tmp_path / "missing")
   with pytest.raises(FileNotFoundError, match="kind=e4e"):
     inversion.run(config, str(tmp_path / "w3"))
   assert not os.path.exists(tmp_path / "w3")   # before any work
-  os.makedirs(tmp_path / "w3" / "invert" / "latents")   # codes made (e.g. elsewhere):
-  (tmp_path / "w3" / "invert" / "latents" / "x.npz").touch()   # e4e needed for new faces only
-  inversion.check_config(config, shards.Shard(0, 1), str(tmp_path / "w3"))
+  # Every face done (codes made elsewhere, say): the encoder's weights are not needed. A
+  # workdir with some codes but photos left still needs them before any work.
+  inversion.check_config(config, shards.Shard(0, 1), str(tmp_path / "w2"))
+  os.makedirs(tmp_path / "w3" / "invert" / "latents")
+  (tmp_path / "w3" / "invert" / "latents" / "x.npz").touch()
+  with pytest.raises(FileNotFoundError, match="kind=e4e"):
+    inversion.check_config(config, shards.Shard(0, 1), str(tmp_path / "w3"))
   config.method = "latents"
   config.photos = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="no such file or folder"):
@@ -255,6 +261,9 @@ def test_pre_aligned_photos_and_id_matched_latents(tmp_path):
   np.save(config.latents_file, np.stack([-w, w, 2 * w, 3 * w]))
   with pytest.raises(ValueError, match=r"faces \['x.png_f0', 'x_y.png_f0'\] other codes"):
     inversion.run(config, str(tmp_path / "w2"))
+  for name in ("y.png", "z.png"):   # photos removed: codes no longer match by position, and
+    os.remove(root / name)          # a finished run takes none
+  assert inversion.run(config, str(tmp_path / "w2"))["encoded_now"] == 0
 
 
 def test_resume_refuses_other_photos_and_other_settings(tmp_path):

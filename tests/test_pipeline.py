@@ -243,6 +243,11 @@ def test_rerun_skips_and_one_face_alone_equals_the_batch(tiny_run):
       full = json.load(f)
     image_io.atomic_write_json(record, {k: v for k, v in full.items()
                                         if not k.startswith(("align.", "projection."))})
+    codes = os.path.join(workdir, "invert", "latents")
+    os.rename(codes, codes + ".away")   # such faces with their codes gone: refused
+    with pytest.raises(run_settings.SettingsMismatchError, match="made by an older version"):
+      pipeline.run(config, workdir)
+    os.rename(codes + ".away", codes)
     assert pipeline.run(config, workdir)["faces_protected_now"] == 0
     with open(record) as f:
       assert json.load(f) == full
