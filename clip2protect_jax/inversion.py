@@ -164,16 +164,10 @@ def encode_settings(config) -> dict[str, Any]:
                *unused))
 
 
-def align_stage(config, out_dir: str, shard: shards.Shard
-                ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-  """Runs/resumes alignment of the shard's photos; returns (face records in id order,
-  per-file errors)."""
-  root = config.photos
-  faces, errors, keys = [], [], {}   # keys: face key -> photo
-  records_dir = os.path.join(out_dir, "faces")
-  run_settings.check(os.path.join(out_dir, "align_settings.json"), align_settings(config),
-                     run_settings.has_files(records_dir),
-                     f"the aligned faces in {out_dir}")
+def shard_photos(root: str, shard: shards.Shard) -> list[tuple[str, str]]:
+  """(face key, path) of the shard's photos of `root` (list_photos' order); two photos with
+  one key fail."""
+  keys: dict[str, str] = {}   # face key -> photo
   for path in list_photos(root):
     key = photo_key(path, root)
     if key in keys:
@@ -181,7 +175,19 @@ def align_stage(config, out_dir: str, shard: shards.Shard
                        "replace characters other than letters, digits, '.', '_' and '-' "
                        "with '_', and folders with '__'): rename one of them.")
     keys[key] = path
-  for key, path in shards.select(list(keys.items()), shard):
+  return shards.select(list(keys.items()), shard)
+
+
+def align_stage(config, out_dir: str, shard: shards.Shard
+                ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+  """Runs/resumes alignment of the shard's photos; returns (face records in id order,
+  per-file errors)."""
+  faces, errors = [], []
+  records_dir = os.path.join(out_dir, "faces")
+  run_settings.check(os.path.join(out_dir, "align_settings.json"), align_settings(config),
+                     run_settings.has_files(records_dir),
+                     f"the aligned faces in {out_dir}")
+  for key, path in shard_photos(config.photos, shard):
     record_path, record = os.path.join(records_dir, key + ".json"), None
     if os.path.exists(record_path):
       with open(record_path) as f:
@@ -439,8 +445,8 @@ def check_config(config, shard: shards.Shard, workdir: str | None = None) -> Non
   """Fails early, before any work, on align and invert settings that cannot run (an error
   naming the field): a typo would otherwise skip every photo, or stop the job after
   aligning them. The encoder's weights: weights_lib.require_all, finished when each face
-  of the shard's photos has its code in `workdir`. A latents file is always needed: the codes taken from it earlier
-  are checked against it."""
+  of the shard's photos has its code in `workdir`. A latents file is always needed: the
+  codes taken from it earlier are checked against it."""
   presets.check_choice(config.method, ENCODERS, "method")
   align.check_face_policy(config.align.face_policy)
   presets.check_choice(config.align.on_error, ("skip", "raise"), "align.on_error")
@@ -477,11 +483,10 @@ def all_faces_have(config, workdir: str, shard: shards.Shard,
   faces the file done_path(face id) (its code, its protected result): a stage with
   nothing left to do, which needs no weights. Reads the records only (no photo)."""
   try:
-    photos = list_photos(config.photos)
-  except FileNotFoundError:
+    photos = shard_photos(config.photos, shard)
+  except (FileNotFoundError, ValueError):   # align_stage says what is wrong
     return False
-  keyed = [photo_key(p, config.photos) for p in photos]
-  for key in shards.select(keyed, shard):
+  for key, _ in photos:
     record_path = os.path.join(workdir, SUBDIR, "faces", key + ".json")
     if not os.path.exists(record_path):
       return False
@@ -491,10 +496,12 @@ def all_faces_have(config, workdir: str, shard: shards.Shard,
   return True
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Aligns and inverts every photo of config.photos into workdir/invert (resumable)."""
+def run(config, workdir: str, checked: bool = False) -> dict[str, Any]:
+  """Aligns and inverts every photo of config.photos into workdir/invert (resumable).
+  checked: check_config has run on this config and workdir (pipeline.check_inputs)."""
   shard = shards.resolve(config)
-  check_config(config, shard, workdir)
+  if not checked:
+    check_config(config, shard, workdir)
   out_dir = os.path.join(workdir, SUBDIR)
   os.makedirs(out_dir, exist_ok=True)
   t0 = time.perf_counter()

@@ -663,21 +663,21 @@ def run(config, workdir: str) -> dict[str, Any]:
   shard = shards.resolve(config)
   t_start = time.perf_counter()
   out_dir = os.path.join(workdir, SUBDIR)
-  settings_path = os.path.join(out_dir, "settings.json")
-  run_settings.check(settings_path, result_settings(config),
-                     has_results(workdir), f"the protected faces in {out_dir}",
-                     optional=RESULT_OPTIONAL_FIELDS)
-  if (has_results(workdir) and not inversion.has_codes(workdir)
+  settings_path, resumed = os.path.join(out_dir, "settings.json"), has_results(workdir)
+  settings = result_settings(config)
+  run_settings.check(settings_path, settings, resumed,
+                     f"the protected faces in {out_dir}", optional=RESULT_OPTIONAL_FIELDS)
+  if (resumed and not inversion.has_codes(workdir)
       and run_settings.lacks(settings_path, inversion.align_settings(config))):
     raise run_settings.SettingsMismatchError(
         f"the protected faces in {out_dir} were made by an older version, whose record "
         f"({settings_path}) lacks the inversion's settings, from codes no longer in "
         f"{workdir}/{inversion.SUBDIR}: codes computed now could differ from theirs. Restore "
         f"that folder, or delete {out_dir} to protect every face anew.")
-  inv = inversion.run(config, workdir)
+  inv = inversion.run(config, workdir, checked=True)
   # invert/'s records have checked the inversion's fields against its codes: an older
   # protect/ record gains them.
-  run_settings.add_missing(settings_path, result_settings(config))
+  run_settings.add_missing(settings_path, settings)
   arrays = inv["arrays"]
   inv_dir = os.path.join(workdir, inversion.SUBDIR)
   ids = [str(i) for i in arrays["ids"]]
