@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from clip2protect_jax import image_io, parallel, run_settings
 from clip2protect_jax.models import stylegan2
-from clip2protect_jax.weights import load_generator
+from clip2protect_jax.weights import fingerprints, load_generator
 
 
 def make_sample_fn(model: stylegan2.Generator, mesh: Mesh | None = None):
@@ -38,11 +38,15 @@ def run(config, workdir: str) -> dict:
   """Generates config.num_images images into `workdir`; returns the summary dict."""
   image_dir = os.path.join(workdir, "images")
   os.makedirs(image_dir, exist_ok=True)
-  run_settings.check(
-      os.path.join(workdir, "settings.json"),
-      run_settings.select(config, ("seed", "truncation", "generator", "mean_latent_samples"),
-                          exclude=run_settings.GRAPH_FIELDS),
-      run_settings.has_files(image_dir), f"the images in {image_dir}")
+  settings_path = os.path.join(workdir, "settings.json")
+  settings = {**run_settings.select(config, ("seed", "truncation", "generator",
+                                             "mean_latent_samples"),
+                                    exclude=run_settings.GRAPH_FIELDS),
+              **fingerprints({"generator": config.generator.weights})}
+  # Fingerprints: older versions did not record them; an older record gains them.
+  run_settings.check(settings_path, settings, run_settings.has_files(image_dir),
+                     f"the images in {image_dir}", optional=("fingerprints",))
+  run_settings.add_missing(settings_path, settings)
   init_key, z_key, mean_key = jax.random.split(jax.random.key(config.seed), 3)
   gen = load_generator(config.generator, init_key)
   logging.info("generator: %s", gen.description)

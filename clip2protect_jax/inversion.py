@@ -149,19 +149,32 @@ def align_settings(config) -> dict[str, Any]:
   return run_settings.select(config, ("align",), exclude=("align.on_error",))
 
 
-# Fields encode_settings leaves out while they are unused (run_settings.check's optional).
-UNUSED_ENCODE_FIELDS = ("projection.lpips_weights",)
+# Fields encode_settings leaves out while they are unused, or older versions did not record
+# (run_settings.check's optional).
+OPTIONAL_ENCODE_FIELDS = ("projection.lpips_weights", "fingerprints")
+
+
+def encoder_weights(config) -> dict[str, str]:
+  """{name: weights folder} of the networks the W+ codes come from (a latents file's codes
+  are checked against the file itself: encode_latents_file)."""
+  if config.method == "e4e":
+    return {"e4e": config.e4e.weights}
+  if config.method == "projection":
+    return {"generator": config.generator.weights,
+            **({"lpips": config.projection.lpips_weights} if config.projection.lpips else {})}
+  return {}
 
 
 def encode_settings(config) -> dict[str, Any]:
-  """The config fields the W+ codes depend on (run_settings)."""
+  """The config fields the W+ codes depend on, and what their weights folders hold
+  (run_settings)."""
   method_fields = {"e4e": ("e4e",), "projection": ("projection",),
                    "latents": ("latents_file",)}[config.method]
-  unused = UNUSED_ENCODE_FIELDS if not config.projection.lpips else ()
-  return run_settings.select(
+  unused = ("projection.lpips_weights",) if not config.projection.lpips else ()
+  return {**run_settings.select(
       config, ("seed", "method", "generator", *method_fields),
       exclude=(*run_settings.GRAPH_FIELDS, "e4e.batch_size", "projection.batch_size",
-               *unused))
+               *unused)), **weights_lib.fingerprints(encoder_weights(config))}
 
 
 def shard_photos(root: str, shard: shards.Shard) -> list[tuple[str, str]]:
@@ -510,9 +523,10 @@ def run(config, workdir: str, checked: bool = False) -> dict[str, Any]:
   todo = [f for f in faces if not os.path.exists(latent_path(out_dir, f["id"]))]
   # Any code in the folder counts (another shard's, or another photo set's): all of them
   # must come from the recorded settings.
-  run_settings.check(os.path.join(out_dir, "encode_settings.json"), encode_settings(config),
-                     has_codes(workdir),
-                     f"the W+ codes in {out_dir}/latents", optional=UNUSED_ENCODE_FIELDS)
+  settings_path, settings = os.path.join(out_dir, "encode_settings.json"), encode_settings(config)
+  run_settings.check(settings_path, settings, has_codes(workdir),
+                     f"the W+ codes in {out_dir}/latents", optional=OPTIONAL_ENCODE_FIELDS)
+  run_settings.add_missing(settings_path, settings)   # an older record: later runs compare them
   weights = "nothing to encode"
   if config.method == "latents":   # also with nothing to do: checks the codes taken before
     weights = encode_latents_file(config, out_dir, todo, faces)

@@ -73,25 +73,34 @@ def protect_settings(config) -> protect.ProtectSettings:
 
 
 # Fields of result_settings that older versions did not record (the inversion's: align,
-# method and its encoder's fields) or that it leaves out while unused (LPIPS with weight 0):
+# method and its encoder's fields; what the weights folders and target photos hold) or that
+# it leaves out while unused (LPIPS with weight 0, a missing weights folder):
 # compared only where both records have them (run_settings.check).
 RESULT_OPTIONAL_FIELDS = ("align", "method", "e4e", "projection", "latents_file",
-                          "tune.lpips_weights", "tune.lpips_dtype")
+                          "tune.lpips_weights", "tune.lpips_dtype", "fingerprints")
 
 
 def result_settings(config) -> dict[str, Any]:
   """The config fields protect/results depend on (run_settings), the inversion's among them:
   a recomputed invert/ (its own records refuse other settings; deleting it is the remedy they
-  name) must not leave protected faces made from its old codes. Per-image and cumulative
-  tuning give each face the same result in any batch, so batch_size counts only for the
-  joint schedule."""
+  name) must not leave protected faces made from its old codes; nor may other weights
+  converted into the same folders, or another target photo under the same path. Per-image
+  and cumulative tuning give each face the same result in any batch, so batch_size counts
+  only for the joint schedule."""
   fields = ("seed", "prompt", "source_text", "clip", "target", "fr", "tune", "protect",
             "generator") + (("batch_size",) if config.tune.schedule == "joint" else ())
   # The dodging reference only when set: records made before it existed stay valid.
   fields += ("evaluate.source_references",) if config.evaluate.source_references else ()
   unused = () if config.tune.lpips_weight else ("tune.lpips_weights", "tune.lpips_dtype")
   own = run_settings.select(config, fields, exclude=(*run_settings.GRAPH_FIELDS, *unused))
-  return {**inversion.align_settings(config), **inversion.encode_settings(config), **own}
+  folders = {"generator": config.generator.weights, "clip": config.clip.weights,
+             **({"lpips": config.tune.lpips_weights} if config.tune.lpips_weight else {}),
+             **{f"fr.{name}": fr_weights_folder(config, name)
+                for name in fr_model_names(config)}}
+  photos = {f"fingerprints.target.{f}": "sha256 " + image_io.file_sha256(config.target[f])
+            for f in ("photo", "eval_photo")}
+  return {**inversion.align_settings(config), **inversion.encode_settings(config), **own,
+          **weights_lib.fingerprints(folders), **photos}
 
 
 def fr_model_names(config) -> tuple[str, ...]:

@@ -91,7 +91,8 @@ def lacks(path: str, fields: Iterable[str]) -> bool:
 def add_missing(path: str, settings: Mapping[str, Any]) -> None:
   """Adds to the record at `path` the fields of `settings` it lacks: those an older version
   did not record, which check() let pass as optional, once the caller has checked them
-  otherwise (protect/: the inversion's, by invert/'s own records). Later runs compare
+  otherwise (protect/: the inversion's, by invert/'s own records) or takes them as they
+  are now (weights fingerprints, as check() takes a missing record). Later runs compare
   them."""
   settings = json.loads(json.dumps(dict(settings)))
   with open(path) as f:

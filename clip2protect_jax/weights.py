@@ -7,6 +7,7 @@ config must describe the same architecture, else loading fails with both spelled
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any, Callable, Sequence
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from clip2protect_jax import checkpoints, presets
+from clip2protect_jax.image_io import file_sha256
 from clip2protect_jax.models import stylegan2
 
 # Architecture fields stored with a converted StyleGAN2 checkpoint and checked on load.
@@ -77,6 +79,35 @@ class LoadedGenerator:
   noise: list[jax.Array]           # the checkpoint's noise buffers [1, r, r, 1], or N(0,1)
   latent_avg: jax.Array | None     # [style_dim], when the checkpoint has one
   description: str                 # which weights these are, for logs and summaries
+
+
+def fingerprint(path: str) -> str | None:
+  """What a weights folder holds, for settings records (run_settings): converting another
+  checkpoint into the same folder changes it. 'random' for seeded init; a converted folder:
+  the sha256s its metadata.json records of the source files (else of metadata.json); a
+  fetched folder: one sha256 over its files' names and contents; None where the folder is
+  missing (a finished stage needs none)."""
+  if path == "random":
+    return "random"
+  if not os.path.isdir(path):
+    return None
+  if checkpoints.is_complete(path):
+    meta = checkpoints.load_metadata(path)
+    sums = [f"{k} {v}" for k, v in sorted(meta.items()) if k.endswith("sha256")]
+    return ", ".join(sums) or "metadata.json sha256 " + file_sha256(
+        os.path.join(path, "metadata.json"))
+  digest = hashlib.sha256()
+  for name in sorted(os.listdir(path)):
+    if os.path.isfile(os.path.join(path, name)):
+      digest.update(f"{name}\0{file_sha256(os.path.join(path, name))}\0".encode())
+  return "files sha256 " + digest.hexdigest()
+
+
+def fingerprints(folders: dict[str, str]) -> dict[str, str]:
+  """{name: weights folder} -> {'fingerprints.<name>': fingerprint(folder)}, the fields of a
+  settings record (run_settings.check, as optional fields); missing folders are left out."""
+  found = {f"fingerprints.{k}": fingerprint(v) for k, v in folders.items()}
+  return {k: v for k, v in found.items() if v is not None}
 
 
 def _require_folder(path: str, what: str, how: str) -> None:

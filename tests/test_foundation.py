@@ -1,6 +1,7 @@
 """Configs, CLI, checkpoints, the converter tool and the generate job."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -178,6 +179,62 @@ def test_settings_records_compare_optional_fields_only_where_both_have_them(tmp_
   with pytest.raises(run_settings.SettingsMismatchError, match="d.e: 'x' there, 'y' now"):
     run_settings.check(path, {"a": 1, "b.c": [1, 2], "d.e": "y"}, True, "the results",
                        optional=("d",))   # both have it: compared
+
+
+def test_weights_fingerprint_tells_what_a_folder_holds(tmp_path):
+  assert weights.fingerprint("random") == "random"
+  assert weights.fingerprint(str(tmp_path / "absent")) is None   # a finished stage's
+  converted = str(tmp_path / "converted")
+  tree = {"w": np.zeros(3, np.float32)}
+  checkpoints.save(converted, tree, {"kind": "t", "source": "/a/g.pt", "source_sha256": "ab"})
+  assert weights.fingerprint(converted) == "source_sha256 ab"   # not the source's path
+  bare = str(tmp_path / "bare")
+  checkpoints.save(bare, tree, {"kind": "t"})
+  assert weights.fingerprint(bare).startswith("metadata.json sha256 ")
+  fetched = tmp_path / "fetched"   # files of a package registry (tools/fetch_assets.py)
+  fetched.mkdir()
+  (fetched / "model.json").write_text("{}")
+  (fetched / "model.bin").write_bytes(b"\x00\x01")
+  first = weights.fingerprint(str(fetched))
+  (fetched / "model.bin").write_bytes(b"\x00\x02")
+  assert weights.fingerprint(str(fetched)) != first
+  assert weights.fingerprints({"g": converted, "e": str(tmp_path / "absent")}) == {
+      "fingerprints.g": "source_sha256 ab"}
+
+
+def test_generate_refuses_other_weights_converted_into_the_same_folder(tmp_path):
+  """The settings record names the weights folder; its fingerprint tells a folder converted
+  again from another checkpoint (a different generator under the same path)."""
+  folder = str(tmp_path / "g")
+  model = weights.generator_from_config(tiny_generate_config().generator)
+
+  def convert(seed):
+    params, noise = convert_generator(tiny_torch_state_dict(seed=seed), **TINY)
+    checkpoints.save(folder, {"params": params, "noise": noise},
+                     {"kind": "stylegan2", "architecture": weights.stylegan2_arch(model),
+                      "has_latent_avg": False, "source_sha256": f"sha-of-seed-{seed}"})
+
+  convert(1)
+  config, work = tiny_generate_config(folder), str(tmp_path / "work")
+  config.num_images = 1
+  generate.run(config, work)
+  record = os.path.join(work, "settings.json")
+  with open(record) as f:
+    full = json.load(f)
+  assert full["fingerprints.generator"] == "source_sha256 sha-of-seed-1"
+  # A record of an older version, without fingerprints, is accepted and gains them.
+  del full["fingerprints.generator"]
+  with open(record, "w") as f:
+    json.dump(full, f)
+  generate.run(config, work)
+  with open(record) as f:
+    assert json.load(f)["fingerprints.generator"] == "source_sha256 sha-of-seed-1"
+  shutil.rmtree(folder)
+  convert(2)
+  with pytest.raises(run_settings.SettingsMismatchError,
+                     match="fingerprints.generator: 'source_sha256 sha-of-seed-1' there, "
+                           "'source_sha256 sha-of-seed-2' now"):
+    generate.run(config, work)
 
 
 def test_sample_fn_matches_manual_pipeline():

@@ -242,7 +242,8 @@ def test_rerun_skips_and_one_face_alone_equals_the_batch(tiny_run):
     with open(record) as f:
       full = json.load(f)
     image_io.atomic_write_json(record, {k: v for k, v in full.items()
-                                        if not k.startswith(("align.", "projection."))})
+                                        if not k.startswith(("align.", "projection.",
+                                                             "fingerprints."))})
     codes = os.path.join(workdir, "invert", "latents")
     os.rename(codes, codes + ".away")   # such faces with their codes gone: refused
     with pytest.raises(run_settings.SettingsMismatchError, match="made by an older version"):
@@ -392,6 +393,28 @@ def test_shards_of_one_workdir_give_what_one_run_gives(tiny_run, tmp_path):
   assert os.path.exists(os.path.join(work, "protect", "report.html"))
   for fid in ids:   # each alone in a padded batch == in the reference's batch of two
     assert_same_face(workdir, work, fid)
+
+
+def test_result_settings_tell_what_the_weights_and_target_photos_hold(tmp_path):
+  """Another photo under the target's path, or other weights converted into a weights
+  folder, must not pass for the ones the finished faces were made with."""
+  config = load_config("protect", "tiny")
+  target = tmp_path / "target.png"
+  Image.fromarray(np.full((8, 8, 3), 10, np.uint8)).save(target)
+  config.target.photo = config.target.eval_photo = str(target)
+  fetched = tmp_path / "fr"
+  fetched.mkdir()
+  (fetched / "w.bin").write_bytes(b"1")
+  config.fr.weights_dir = str(fetched)   # each model's folder under it: missing, left out
+  config.clip.weights = str(fetched)
+  first = pipeline.result_settings(config)
+  assert first["fingerprints.generator"] == "random"
+  assert not any(k.startswith("fingerprints.fr.") for k in first)
+  Image.fromarray(np.full((8, 8, 3), 11, np.uint8)).save(target)
+  (fetched / "w.bin").write_bytes(b"2")
+  second = pipeline.result_settings(config)
+  assert {k for k in first if first[k] != second[k]} == {
+      "fingerprints.target.photo", "fingerprints.target.eval_photo", "fingerprints.clip"}
 
 
 def test_protect_settings_reject_bad_values():
