@@ -35,6 +35,7 @@ import json
 import os
 import re
 import time
+import zipfile
 import zlib
 from typing import Any, Callable
 
@@ -46,6 +47,7 @@ from PIL import Image
 
 from clip2protect_jax import align, image_io, parallel, presets, run_settings, shards
 from clip2protect_jax import weights as weights_lib
+from clip2protect_jax.convert.common import torch_load_failure
 from clip2protect_jax.image_io import atomic_savez, atomic_write_json, file_sha256
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -210,8 +212,10 @@ def align_stage(config, out_dir: str, shard: shards.Shard
           raise ValueError(
               f"{path}: this workdir's record of the same key, {record_path}, was made from "
               f"a different photo ({record['source']}, other content). Its faces, codes and "
-              "results would be reused for this photo. Use a new --workdir, or delete that "
-              "record and what was made from it to redo the photo.")
+              "results would be reused for this photo. Use a new --workdir, or, to redo the "
+              f"photo, delete that record and what was made from its faces: the files named "
+              f"{key}_f<n>.* under {os.path.dirname(out_dir)}/{SUBDIR} and "
+              f"{os.path.dirname(out_dir)}/protect.")
         record = None   # no face came of it (an alignment error): align the new photo
     if record is None:
       record = align_one_photo(path, key, config.align, out_dir)
@@ -248,12 +252,13 @@ def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
 
 
-def require_e4e(path: str) -> None:
+def require_e4e(path: str, field: str = "") -> None:
   if not os.path.isdir(path):
+    where = f"config.{field}: " if field else ""
     raise FileNotFoundError(
-        f"e4e weights {path!r} not found. Convert the official e4e_ffhq_encode.pt first: "
-        f"python tools/convert_checkpoint.py --kind=e4e --input=e4e_ffhq_encode.pt --output={path}"
-        " (or use --config.method=projection).")
+        f"{where}e4e weights {path!r} not found. Convert the official e4e_ffhq_encode.pt "
+        "first: python tools/convert_checkpoint.py --kind=e4e --input=e4e_ffhq_encode.pt "
+        f"--output={path}; or set config.method=projection (or latents).")
 
 
 def encode_e4e(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
@@ -346,12 +351,9 @@ def check_latents_file(path: str, shard: shards.Shard) -> None:
         "the file where torch is, e.g. python -c \"import numpy, torch; numpy.savez("
         "'latents.npz', wplus=torch.load('latents.pt', map_location='cpu').detach()"
         ".numpy())\".")
+  _, ids = read_latents_file(path)   # an unreadable file fails here, before any work
   if shard.count > 1:
-    has_ids = False
-    if path.endswith(".npz"):
-      with np.load(path, allow_pickle=False) as d:
-        has_ids = "ids" in d.files
-    if not has_ids:
+    if ids is None:
       raise ValueError(
           f"config.latents_file={path!r}: codes without an 'ids' array are taken by position "
           f"over ALL faces, and this run has only its shard of the photos"
@@ -360,25 +362,38 @@ def check_latents_file(path: str, shard: shards.Shard) -> None:
 
 
 def read_latents_file(path: str) -> tuple[np.ndarray, list[str] | None]:
-  """W+ (or W) codes from .npy / .npz ('wplus' or the only array, optional 'ids') / .pt."""
+  """W+ (or W) codes from .npy / .npz ('wplus' or the only array, optional 'ids') / .pt;
+  a file that is none of these fails naming config.latents_file."""
   ids = None
-  if path.endswith(".npy"):
-    codes = np.load(path, allow_pickle=False)
-  elif path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as d:
-      names = [k for k in d.files if k != "ids"]
-      name = "wplus" if "wplus" in d.files else (names[0] if len(names) == 1 else None)
-      if name is None:
-        raise ValueError(f"{path}: expected an array 'wplus' (found {d.files}).")
-      codes = d[name]
-      ids = [str(i) for i in d["ids"]] if "ids" in d.files else None
-  elif path.endswith((".pt", ".pth")):
-    import torch
-    codes = torch.load(path, map_location="cpu", weights_only=True)
-    codes = codes.detach().cpu().numpy() if hasattr(codes, "detach") else np.asarray(codes)
-  else:
-    raise ValueError(f"{path}: latents file must be .npy, .npz or .pt")
-  codes = np.asarray(codes, np.float32)
+  if not path.endswith((".npy", ".npz", ".pt", ".pth")):
+    raise ValueError(f"config.latents_file={path!r}: latents file must be .npy, .npz or .pt")
+  try:
+    if path.endswith(".npy"):
+      codes = np.load(path, allow_pickle=False)
+    elif path.endswith(".npz"):
+      with np.load(path, allow_pickle=False) as d:
+        names = [k for k in d.files if k != "ids"]
+        name = "wplus" if "wplus" in d.files else (names[0] if len(names) == 1 else None)
+        if name is None:
+          raise ValueError(f"no array 'wplus', and not one array: {d.files}")
+        codes = d[name]
+        ids = [str(i) for i in d["ids"]] if "ids" in d.files else None
+    else:
+      import torch
+      try:
+        codes = torch.load(path, map_location="cpu", weights_only=True)
+      except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(torch_load_failure(e)) from None
+      if not hasattr(codes, "detach"):
+        raise ValueError(f"it holds a {type(codes).__name__}, not one tensor of codes")
+      codes = codes.detach().cpu().numpy()
+    codes = np.asarray(codes, np.float32)
+  except (ValueError, OSError, zipfile.BadZipFile) as e:
+    why = ("not an array of numbers: a safe np.load (allow_pickle=False) refuses pickled "
+           "objects" if "allow_pickle" in str(e) else e)
+    raise ValueError(
+        f"config.latents_file={path!r} cannot be read as codes ({why}). Give a .npy, an .npz "
+        "('wplus' [N, rows, 512], optional 'ids') or a .pt of one tensor (torch.save).") from None
   if codes.ndim == 2:
     codes = codes[:, None, :]
   if codes.ndim != 3:
@@ -454,12 +469,14 @@ def latent_path(out_dir: str, fid: str) -> str:
 ENCODERS = ("e4e", "projection", "latents")
 
 
-def check_config(config, shard: shards.Shard, workdir: str | None = None) -> None:
+def check_config(config, shard: shards.Shard, workdir: str | None = None,
+                 missing: list[str] | None = None) -> None:
   """Fails early, before any work, on align and invert settings that cannot run (an error
   naming the field): a typo would otherwise skip every photo, or stop the job after
-  aligning them. The encoder's weights: weights_lib.require_all, finished when each face
-  of the shard's photos has its code in `workdir`. A latents file is always needed: the
-  codes taken from it earlier are checked against it."""
+  aligning them. The encoder's weights: weights_lib.missing_folders, finished when each face
+  of the shard's photos has its code in `workdir`; the missing ones are added to `missing`
+  if given (the caller raises them with its own), else raised. A latents file is always
+  needed: the codes taken from it earlier are checked against it."""
   presets.check_choice(config.method, ENCODERS, "method")
   align.check_face_policy(config.align.face_policy)
   presets.check_choice(config.align.on_error, ("skip", "raise"), "align.on_error")
@@ -473,15 +490,21 @@ def check_config(config, shard: shards.Shard, workdir: str | None = None) -> Non
   if config.method == "projection":
     projection_config(config)
   if config.method == "e4e":
-    checks = [functools.partial(require_e4e, config.e4e.weights)]
+    checks = [functools.partial(require_e4e, config.e4e.weights, "e4e.weights")]
   else:
-    checks = [functools.partial(weights_lib.require_generator, config.generator.weights)]
+    checks = [functools.partial(weights_lib.require_generator, config.generator.weights,
+                                "generator.weights")]
     if config.projection.lpips:
-      checks.append(functools.partial(weights_lib.require_lpips,
-                                      config.projection.lpips_weights))
+      checks.append(functools.partial(
+          weights_lib.require_lpips, config.projection.lpips_weights,
+          "projection.lpips_weights", "config.projection.lpips=0 (MSE-only projection)"))
   out_dir = os.path.join(workdir or "", SUBDIR)
-  weights_lib.require_all(checks, bool(workdir) and all_faces_have(
+  found = weights_lib.missing_folders(checks, bool(workdir) and all_faces_have(
       config, workdir, shard, lambda fid: latent_path(out_dir, fid)))
+  if missing is None:
+    weights_lib.raise_missing(found)
+  else:
+    missing.extend(found)
 
 
 def has_codes(workdir: str) -> bool:
@@ -539,13 +562,17 @@ def run(config, workdir: str, checked: bool = False) -> dict[str, Any]:
   arrays_path = os.path.join(out_dir, shards.output_name("invert.npz", shard))
   result = collect(out_dir, faces, num_latents(config), config.generator.style_dim,
                    arrays_path)
+  summary_path = os.path.join(out_dir, shards.output_name("summary.json", shard))
+  if weights == "nothing to encode" and os.path.exists(summary_path):
+    with open(summary_path) as f:   # what made the codes: the run that encoded them
+      weights = json.load(f).get("weights", weights)
   summary = {"job": "invert", "method": config.method, "weights": weights,
              "photos": config.photos, "shard": dataclasses.asdict(shard),
              "n_faces": len(faces), "encoded_now": len(todo),
              "kept_from_earlier_runs": len(faces) - len(todo), "errors": errors,
              "align_seconds": t_align, "encode_seconds": t_encode,
              "output": os.path.relpath(arrays_path, workdir)}
-  atomic_write_json(os.path.join(out_dir, shards.output_name("summary.json", shard)), summary)
+  atomic_write_json(summary_path, summary)
   print(f"invert{shards.describe(shard)}: {len(faces)} faces ({len(todo)} new, "
         f"{len(errors)} photos skipped) -> {arrays_path}. Method: {weights}")
   return {**summary, "arrays": result}

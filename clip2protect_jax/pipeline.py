@@ -127,10 +127,12 @@ def fr_weights_folder(config, name: str) -> str:
 def check_inputs(config, workdir: str | None = None) -> None:
   """Fails early, before any work, on a config that cannot run (an error naming the field
   and the remedy): each of these would otherwise stop the job after the inversion, the
-  first batch or every face. The weights: weights_lib.require_all, finished when each face
-  of the shard's photos is protected in `workdir`."""
+  first batch or every face. The weights folders, the inversion's with them, are named in
+  one error (weights_lib.missing_folders: finished when each face of the shard's photos is
+  protected in `workdir`)."""
   shard = shards.resolve(config)
-  inversion.check_config(config, shard, workdir)
+  missing: list[str] = []   # weights folders, raised at once
+  inversion.check_config(config, shard, workdir, missing)
   names = fr_model_names(config)
   evaluation.check_fars(config)
   tuning_settings(config)
@@ -140,15 +142,19 @@ def check_inputs(config, workdir: str | None = None) -> None:
   presets.check_choice(config.tune.lpips_dtype, weights_lib.COMPUTE_DTYPES,
                        "tune.lpips_dtype")
   checks = [functools.partial(weights_lib.require_face_model, name,
-                              fr_weights_folder(config, name)) for name in names]
-  checks += [functools.partial(weights_lib.require_generator, config.generator.weights),
+                              fr_weights_folder(config, name), "fr.weights_dir")
+            for name in names]
+  checks += [functools.partial(weights_lib.require_generator, config.generator.weights,
+                               "generator.weights"),
              functools.partial(weights_lib.require_clip, config.clip.preset,
-                               config.clip.weights)]
+                               config.clip.weights, "clip.weights")]
   if config.tune.lpips_weight:
-    checks.append(functools.partial(weights_lib.require_lpips, config.tune.lpips_weights))
+    checks.append(functools.partial(weights_lib.require_lpips, config.tune.lpips_weights,
+                                    "tune.lpips_weights", "config.tune.lpips_weight=0"))
   out_dir = os.path.join(workdir or "", SUBDIR)
-  weights_lib.require_all(checks, bool(workdir) and inversion.all_faces_have(
-      config, workdir, shard, lambda fid: result_path(out_dir, fid)))
+  weights_lib.raise_missing(missing + weights_lib.missing_folders(
+      checks, bool(workdir) and inversion.all_faces_have(
+          config, workdir, shard, lambda fid: result_path(out_dir, fid))))
   parallel.check_batch_size(config.devices, config.batch_size, "config.batch_size")
   if config.tune.schedule == "cumulative" and shard.count > 1:
     raise ValueError(
@@ -167,6 +173,9 @@ def check_inputs(config, workdir: str | None = None) -> None:
     if config.target[crop]:
       with Image.open(config.target[photo]) as im:
         check_crop(config.target[crop], (im.height, im.width), config.target[photo])
+    else:   # its largest face: a photo without one would stop the job after the inversion
+      path = config.target[photo]
+      read_target_crop(image_io.read_rgb(path), path, (), config.align.upsample)
   check_references(config, shard)
   if config.align.enabled and config.align.output_size != config.generator.size:
     logging.warning("config.align.output_size=%d differs from the generator's %d: aligned "
@@ -294,9 +303,11 @@ def read_target_crop(photo: np.ndarray, path: str, crop: Sequence[int], upsample
   else:
     try:
       l, t, r, b = align.largest_face_box(photo, upsample, path)
-    except align.FaceAlignmentError as e:
-      raise align.FaceAlignmentError(f"{e} For a target photo, config.target.crop="
-                                     "(row0, row1, col0, col1) gives the crop.") from None
+    except align.FaceAlignmentError:
+      raise align.FaceAlignmentError(
+          f"{path}: no face found in this target photo (dlib frontal detector). Give its "
+          "crop, config.target.crop (or eval_crop) = (row0, row1, col0, col1), or a photo "
+          "with a frontal face of at least ~80 px.") from None
     c0, r0, c1, r1 = align.clip_box((l, t, r, b), photo.shape)
   out = photo[r0:r1, c0:c1]
   if out.size == 0:

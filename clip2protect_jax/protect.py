@@ -51,7 +51,7 @@ class ProtectSettings:
 
   def __post_init__(self):
     if self.mode not in ("impersonation", "dodging"):
-      raise ValueError(f"mode must be 'impersonation' or 'dodging', got {self.mode!r}")
+      raise ValueError(f"protect.mode={self.mode!r}: use impersonation or dodging")
     unknown = [m for m in self.surrogates if m not in registry.names()]
     if unknown:
       raise ValueError(f"unknown surrogate FR models {unknown}; known: {registry.names()}")

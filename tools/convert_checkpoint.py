@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from clip2protect_jax.convert.common import torch_load_failure  # noqa: E402
 from clip2protect_jax.image_io import file_sha256  # noqa: E402
 
 flags.DEFINE_enum("kind", None, ["stylegan2", "face", "clip", "e4e", "lpips"],
@@ -64,7 +65,7 @@ def load_torch_checkpoint(path: str) -> dict:
   try:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-    raise SystemExit(f"--input {path}: torch.load failed ({type(e).__name__}: {e}). Is it "
+    raise SystemExit(f"--input {path}: torch.load failed ({torch_load_failure(e)}). Is it "
                      "a PyTorch checkpoint of the kind given by --kind?") from e
 
   def to_numpy(x):

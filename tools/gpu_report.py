@@ -180,6 +180,8 @@ def precision(folder: str) -> list[str]:
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python tools/gpu_report.py OUT_DIR")
+  if not os.path.isdir(argv[1]):
+    sys.exit(f"{argv[1]}: no such folder (give the OUT_DIR of tools/gpu_benchmarks.sh)")
   devices, rows = load_tune_rows(argv[1])
   if FLAGS.fastest:
     best = fastest(rows)

@@ -22,7 +22,9 @@ similarity (cosine) or distance (dlib) to the target's evaluation photo, and PSN
 LPIPS to the original aligned face (LPIPS only with real LPIPS weights: the config's
 tune.lpips_weights). For the latent method the reconstruction (tuned generator at w0,
 before the search) is shown too: what the generator alone does to the face. Skips cleanly
-without --photos.
+when the default --photos is missing (a given one that is missing fails). Resumable: each
+finished (method, victim) set is read back, and a rerun with other settings for it fails;
+table.md holds the rows of this invocation's --methods and --models.
 """
 from __future__ import annotations
 
@@ -135,7 +137,7 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
   import numpy as np
 
   from clip2protect_jax import (align, baselines, evaluation as ev, image_io, pipeline,
-                                protect)
+                                protect, run_settings)
   from clip2protect_jax.models.face import registry
 
   out_dir = os.path.join(root, f"pgd_without_{victim}")
@@ -144,6 +146,18 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
   names = tuple(surrogates) + (victim,)
   params = {m: fr_params[m] for m in names}
   sources = sorted(os.path.join(photos_dir, f) for f in os.listdir(photos_dir))
+  # Resumable as the latent method is: a finished set is read back; other settings fail.
+  metrics_path = os.path.join(out_dir, "metrics.json")
+  settings = {"mode": FLAGS.mode, "pgd_eps": FLAGS.pgd_eps, "pgd_steps": FLAGS.pgd_steps,
+              "pgd_size": size, "surrogates": list(surrogates), "victim": victim,
+              "sources": [os.path.basename(p) for p in sources], "target": target,
+              "evaluation": evaluation, "evaluate": base.evaluate.to_dict(),
+              "lpips_weights": base.tune.lpips_weights}
+  run_settings.check(os.path.join(out_dir, "settings.json"), settings,
+                     os.path.exists(metrics_path), f"the PGD results in {out_dir}")
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      return json.load(f)
   faces, photos, photo_boxes, boxes = [], [], [], []
   for path in sources:
     photo = image_io.read_rgb(path)
@@ -199,8 +213,7 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
       [r["psnr"]["protected_vs_original"] for r in records]))
   metrics["lpips_protected_vs_original"] = mean_lpips(list(zip(aligned, adv_u8)),
                                                       base.tune.lpips_weights)
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump(metrics, f, indent=1)
+  image_io.atomic_write_json(metrics_path, metrics)
   return metrics
 
 
@@ -270,7 +283,10 @@ def table_rows(method: str, victim: str, metrics: dict, psnr: dict[str, float], 
 def main(argv):
   del argv
   if not os.path.isdir(FLAGS.photos):
-    print(f"transfer_benchmark: {FLAGS.photos} not found; nothing to do (skipped).")
+    if FLAGS["photos"].present:   # given, so a typo: not a clean skip
+      raise app.UsageError(f"--photos={FLAGS.photos}: no such folder")
+    print(f"transfer_benchmark: {FLAGS.photos} (the default --photos) not found; nothing "
+          "to do (skipped).")
     return
   import jax
 

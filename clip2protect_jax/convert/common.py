@@ -54,3 +54,13 @@ def conv_oihw_to_hwio(w: Any) -> np.ndarray:
 def linear_to_dense(w: Any) -> np.ndarray:
   """torch Linear weight (out, in) -> flax Dense kernel (in, out)."""
   return np.transpose(as_float32(w))
+
+
+def torch_load_failure(e: Exception) -> str:
+  """Why a torch.load(..., weights_only=True) failed, in one line, without torch's advice to
+  retry with weights_only=False (which runs whatever code the file holds)."""
+  text = str(e).strip()
+  if "weights_only" in text or "Weights only" in text:
+    return (f"{type(e).__name__}: it holds Python objects other than tensors and plain "
+            "containers, which a safe load (weights_only=True) refuses")
+  return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
