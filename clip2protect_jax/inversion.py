@@ -163,7 +163,8 @@ def encoder_weights(config) -> dict[str, str]:
     return {"e4e": config.e4e.weights}
   if config.method == "projection":
     return {"generator": config.generator.weights,
-            **({"lpips": config.projection.lpips_weights} if config.projection.lpips else {})}
+            **({"projection.lpips": config.projection.lpips_weights}
+               if config.projection.lpips else {})}
   return {}
 
 
@@ -338,9 +339,11 @@ def encode_projection(config, out_dir: str, todo: list[dict[str, Any]]) -> str:
   return f"projection ({gen.description}; {lp_desc}; {cfg.steps} steps)"
 
 
-def check_latents_file(path: str, shard: shards.Shard) -> None:
-  """Before any work: the file exists, and has the 'ids' array a shard needs (codes
-  without ids are taken by position over ALL faces)."""
+def check_latents_file(config, shard: shards.Shard) -> None:
+  """Before any work: config.latents_file exists, can be read as codes with the generator's
+  number of W+ rows (or W codes), and has the 'ids' array a shard needs (codes without ids
+  are taken by position over ALL faces)."""
+  path = config.latents_file
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.latents_file={path!r}: no such file.")
   if path.endswith((".pt", ".pth")) and importlib.util.find_spec("torch") is None:
@@ -351,7 +354,9 @@ def check_latents_file(path: str, shard: shards.Shard) -> None:
         "the file where torch is, e.g. python -c \"import numpy, torch; numpy.savez("
         "'latents.npz', wplus=torch.load('latents.pt', map_location='cpu').detach()"
         ".numpy())\".")
-  _, ids = read_latents_file(path)   # an unreadable file fails here, before any work
+  codes, ids = read_latents_file(path)
+  if codes.shape[1] != 1:
+    check_n_latent(config, codes.shape[1], path)
   if shard.count > 1:
     if ids is None:
       raise ValueError(
@@ -389,8 +394,8 @@ def read_latents_file(path: str) -> tuple[np.ndarray, list[str] | None]:
       codes = codes.detach().cpu().numpy()
     codes = np.asarray(codes, np.float32)
   except (ValueError, OSError, zipfile.BadZipFile) as e:
-    why = ("not an array of numbers: a safe np.load (allow_pickle=False) refuses pickled "
-           "objects" if "allow_pickle" in str(e) else e)
+    why = ("not a numpy array file: numpy takes it for a pickle, which a safe load refuses"
+           if "allow_pickle" in str(e) else e)
     raise ValueError(
         f"config.latents_file={path!r} cannot be read as codes ({why}). Give a .npy, an .npz "
         "('wplus' [N, rows, 512], optional 'ids') or a .pt of one tensor (torch.save).") from None
@@ -485,7 +490,7 @@ def check_config(config, shard: shards.Shard, workdir: str | None = None,
     parallel.check_batch_size(config.devices, config[config.method].batch_size,
                               f"config.{config.method}.batch_size")
   if config.method == "latents":
-    check_latents_file(config.latents_file, shard)
+    check_latents_file(config, shard)
     return
   if config.method == "projection":
     projection_config(config)

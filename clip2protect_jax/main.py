@@ -2,7 +2,6 @@
 
   python -m clip2protect_jax.main --config=configs/generate.py:demo --workdir=workdir/demo
 """
-import difflib
 import importlib
 import importlib.util
 import sys
@@ -10,6 +9,8 @@ import sys
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from clip2protect_jax import presets
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, configs/NAME.py[:ARG]; override fields with "
@@ -34,28 +35,6 @@ def split_comma_lists(config: ml_collections.ConfigDict) -> None:
       config[key] = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
 
 
-def unknown_override(config: ml_collections.ConfigDict, args) -> str | None:
-  """Why the first `--config.FIELD=VALUE` of `args` naming no field of `config` fails (the
-  fields there, the closest first), or None when each names one."""
-  for arg in args:
-    if not arg.startswith("--config."):
-      continue
-    path = arg.split("=", 1)[0][len("--config."):].split(".")
-    node = config
-    for depth, part in enumerate(path):
-      if not isinstance(node, ml_collections.ConfigDict):
-        return (f"{arg}: config.{'.'.join(path[:depth])} is a value, not a section with "
-                "fields")
-      if part not in node:
-        where = ".".join(["config", *path[:depth]])
-        close = difflib.get_close_matches(part, list(node.keys()), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        return (f"{arg}: {where} has no field {part!r}.{hint} Its fields: "
-                f"{', '.join(sorted(node.keys()))}.")
-      node = node[part]
-  return None
-
-
 def parse_flags(argv):
   """absl's flag parsing, where a config override naming no field fails naming the flag and
   the fields there (ml_collections raises a chain of bare KeyErrors)."""
@@ -63,13 +42,14 @@ def parse_flags(argv):
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError, TypeError):
     specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    specs += [v for a, v in zip(argv, argv[1:]) if a == "--config"]   # "--config FILE"
     if len(specs) != 1:
       raise
     path, _, arg = specs[0].partition(":")   # as config_flags loads it
     spec = importlib.util.spec_from_file_location("config_file", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    why = unknown_override(module.get_config(arg) if arg else module.get_config(), argv[1:])
+    why = presets.unknown_override(module.get_config(arg) if arg else module.get_config(), argv[1:])
     if why is None:
       raise
     sys.stderr.write(f"FATAL Flags parsing error: {why}\n")

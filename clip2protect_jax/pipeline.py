@@ -93,14 +93,15 @@ def result_settings(config) -> dict[str, Any]:
   fields += ("evaluate.source_references",) if config.evaluate.source_references else ()
   unused = () if config.tune.lpips_weight else ("tune.lpips_weights", "tune.lpips_dtype")
   own = run_settings.select(config, fields, exclude=(*run_settings.GRAPH_FIELDS, *unused))
+  names = fr_model_names(config)
   folders = {"generator": config.generator.weights, "clip": config.clip.weights,
-             **({"lpips": config.tune.lpips_weights} if config.tune.lpips_weight else {}),
-             **{f"fr.{name}": fr_weights_folder(config, name)
-                for name in fr_model_names(config)}}
+             **({"tune.lpips": config.tune.lpips_weights} if config.tune.lpips_weight else {}),
+             **{f"fr.{name}": fr_weights_folder(config, name) for name in names}}
+  fetched = {f"fr.{name}": registry.get(name).fetched_files for name in names}
   photos = {f"fingerprints.target.{f}": "sha256 " + image_io.file_sha256(config.target[f])
             for f in ("photo", "eval_photo")}
   return {**inversion.align_settings(config), **inversion.encode_settings(config), **own,
-          **weights_lib.fingerprints(folders), **photos}
+          **weights_lib.fingerprints(folders, fetched), **photos}
 
 
 def fr_model_names(config) -> tuple[str, ...]:
@@ -303,11 +304,11 @@ def read_target_crop(photo: np.ndarray, path: str, crop: Sequence[int], upsample
   else:
     try:
       l, t, r, b = align.largest_face_box(photo, upsample, path)
-    except align.FaceAlignmentError:
+    except align.FaceAlignmentError as e:   # not "skip this file": a target is needed
       raise align.FaceAlignmentError(
-          f"{path}: no face found in this target photo (dlib frontal detector). Give its "
-          "crop, config.target.crop (or eval_crop) = (row0, row1, col0, col1), or a photo "
-          "with a frontal face of at least ~80 px.") from None
+          f"{str(e).removesuffix(', or skip this file.').rstrip('.')}. In a target photo, "
+          "give its crop instead: config.target.crop (or eval_crop) = (row0, row1, col0, "
+          "col1).") from None
     c0, r0, c1, r1 = align.clip_box((l, t, r, b), photo.shape)
   out = photo[r0:r1, c0:c1]
   if out.size == 0:

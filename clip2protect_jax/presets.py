@@ -6,6 +6,7 @@ listed in `OFFICIAL_QUIRKS`.
 """
 from __future__ import annotations
 
+import difflib
 import os
 
 import ml_collections
@@ -28,6 +29,28 @@ OFFICIAL_QUIRKS = {
     "protect.official_output_step": True,    # 3: output = forward of step index 49
     "protect.official_dodging": True,        # 4: dodging keeps the target term
 }
+
+
+def unknown_override(config: ml_collections.ConfigDict, args) -> str | None:
+  """Why the first `--config.FIELD=VALUE` of `args` naming no field of `config` fails (the
+  fields there, the closest first), or None when each names one."""
+  for arg in args:
+    if not arg.startswith("--config."):
+      continue
+    path = arg.split("=", 1)[0][len("--config."):].split(".")
+    node = config
+    for depth, part in enumerate(path):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return (f"{arg}: config.{'.'.join(path[:depth])} is a value, not a section with "
+                "fields")
+      if part not in node:
+        where = ".".join(["config", *path[:depth]])
+        close = difflib.get_close_matches(part, list(node.keys()), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        return (f"{arg}: {where} has no field {part!r}.{hint} Its fields: "
+                f"{', '.join(sorted(node.keys()))}.")
+      node = node[part]
+  return None
 
 
 def check_choice(value, known: tuple, field: str) -> None:

@@ -81,32 +81,39 @@ class LoadedGenerator:
   description: str                 # which weights these are, for logs and summaries
 
 
-def fingerprint(path: str) -> str | None:
-  """What a weights folder holds, for settings records (run_settings): converting another
-  checkpoint into the same folder changes it. 'random' for seeded init; a converted folder:
-  the sha256s its metadata.json records of the source files (else of metadata.json); a
-  fetched folder: one sha256 over its files' names and contents; None where the folder is
-  missing (a finished stage needs none)."""
+def fingerprint(path: str, files: Sequence[str] = ()) -> str | None:
+  """What a weights folder holds, for settings records (run_settings): other weights in the
+  same folder change it. 'random' for seeded init; fetched `files` (a registry's, e.g. an FR
+  model's TF.js files): one sha256 over their names and contents; a converted folder: the
+  sha256s its metadata.json records of the source files (else of metadata.json); None where
+  the folder holds no weights (missing, or an unfinished conversion: a finished stage needs
+  none)."""
   if path == "random":
     return "random"
-  if not os.path.isdir(path):
+  if files:
+    present = [f for f in files if os.path.isfile(os.path.join(path, f))]
+    if not present:
+      return None
+    digest = hashlib.sha256()
+    for name in files:
+      file = os.path.join(path, name)
+      digest.update(f"{name}\0{file_sha256(file) if name in present else '-'}\0".encode())
+    return "files sha256 " + digest.hexdigest()
+  if not checkpoints.is_complete(path):
     return None
-  if checkpoints.is_complete(path):
-    meta = checkpoints.load_metadata(path)
-    sums = [f"{k} {v}" for k, v in sorted(meta.items()) if k.endswith("sha256")]
-    return ", ".join(sums) or "metadata.json sha256 " + file_sha256(
-        os.path.join(path, "metadata.json"))
-  digest = hashlib.sha256()
-  for name in sorted(os.listdir(path)):
-    if os.path.isfile(os.path.join(path, name)):
-      digest.update(f"{name}\0{file_sha256(os.path.join(path, name))}\0".encode())
-  return "files sha256 " + digest.hexdigest()
+  meta = checkpoints.load_metadata(path)
+  sums = [f"{k} {v}" for k, v in sorted(meta.items()) if k.endswith("sha256")]
+  return ", ".join(sums) or "metadata.json sha256 " + file_sha256(
+      os.path.join(path, "metadata.json"))
 
 
-def fingerprints(folders: dict[str, str]) -> dict[str, str]:
-  """{name: weights folder} -> {'fingerprints.<name>': fingerprint(folder)}, the fields of a
-  settings record (run_settings.check, as optional fields); missing folders are left out."""
-  found = {f"fingerprints.{k}": fingerprint(v) for k, v in folders.items()}
+def fingerprints(folders: dict[str, str], files: dict[str, Sequence[str]] | None = None
+                 ) -> dict[str, str]:
+  """{name: weights folder} -> {'fingerprints.<name>': fingerprint(folder, files[name])},
+  the fields of a settings record (run_settings.check, as optional fields); folders
+  without weights are left out."""
+  files = files or {}
+  found = {f"fingerprints.{k}": fingerprint(v, files.get(k, ())) for k, v in folders.items()}
   return {k: v for k, v in found.items() if v is not None}
 
 
@@ -158,7 +165,7 @@ def raise_missing(missing: Sequence[str]) -> None:
   if len(missing) == 1:
     raise FileNotFoundError(missing[0])
   if missing:
-    raise FileNotFoundError(f"{len(missing)} weights folders are missing:\n- " +
+    raise FileNotFoundError(f"weights are missing for {len(missing)} networks:\n- " +
                             "\n- ".join(missing))
 
 

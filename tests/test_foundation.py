@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clip2protect_jax import checkpoints, generate, main, run_settings, weights
+from clip2protect_jax import checkpoints, generate, presets, run_settings, weights
 from clip2protect_jax.convert.common import WeightsMismatchError
 from clip2protect_jax.convert.stylegan2 import convert_generator
 from clip2protect_jax.models import stylegan2
@@ -56,8 +56,8 @@ def test_cli_rejects_misspelt_override():
       "conv_impl, dtype, lr_mlp, modulation, n_mlp, precision, size, style_dim, "
       "upsample_impl, weights."]
   config = generate_config.get_config("tiny")
-  assert main.unknown_override(config, ["--workdir=w", "--config.seed=3"]) is None
-  assert main.unknown_override(config, ["--config.seed.x=3"]) == (
+  assert presets.unknown_override(config, ["--workdir=w", "--config.seed=3"]) is None
+  assert presets.unknown_override(config, ["--config.seed.x=3"]) == (
       "--config.seed.x=3: config.seed is a value, not a section with fields")
 
 
@@ -200,15 +200,23 @@ def test_weights_fingerprint_tells_what_a_folder_holds(tmp_path):
   bare = str(tmp_path / "bare")
   checkpoints.save(bare, tree, {"kind": "t"})
   assert weights.fingerprint(bare).startswith("metadata.json sha256 ")
-  fetched = tmp_path / "fetched"   # files of a package registry (tools/fetch_assets.py)
+  # An FR model's files of a package registry (tools/fetch_assets.py), in a folder shared
+  # with another model's: only its own files count.
+  fetched, files = tmp_path / "fetched", ("model.json", "model.bin")
   fetched.mkdir()
+  assert weights.fingerprint(str(fetched), files) is None   # an empty leftover folder
   (fetched / "model.json").write_text("{}")
   (fetched / "model.bin").write_bytes(b"\x00\x01")
-  first = weights.fingerprint(str(fetched))
+  first = weights.fingerprint(str(fetched), files)
+  (fetched / "other.bin").write_bytes(b"\x03")   # another model's, a .DS_Store, a .tmp
+  assert weights.fingerprint(str(fetched), files) == first
   (fetched / "model.bin").write_bytes(b"\x00\x02")
-  assert weights.fingerprint(str(fetched)) != first
-  assert weights.fingerprints({"g": converted, "e": str(tmp_path / "absent")}) == {
-      "fingerprints.g": "source_sha256 ab"}
+  assert weights.fingerprint(str(fetched), files) != first
+  assert weights.fingerprint(str(fetched)) is None   # neither its files nor converted
+  assert weights.fingerprints({"g": converted, "e": str(tmp_path / "absent"),
+                               "f": str(fetched)}, {"f": files}) == {
+      "fingerprints.g": "source_sha256 ab",
+      "fingerprints.f": weights.fingerprint(str(fetched), files)}
 
 
 def test_generate_refuses_other_weights_converted_into_the_same_folder(tmp_path):

@@ -208,6 +208,11 @@ def test_invert_job_errors(photo_dir, tmp_path, monkeypatch):
       inversion.run(config, str(tmp_path / "w6"))
     assert "allow_pickle=True" not in str(e.value) and "weights_only=False" not in str(e.value)
     assert not os.path.exists(tmp_path / "w6")
+  config.latents_file = str(tmp_path / "rows.npy")   # codes for another generator size
+  np.save(config.latents_file, np.zeros((2, 14, 512), np.float32))
+  with pytest.raises(ValueError, match=r"rows.npy gives 14 W\+ rows but config.generator"):
+    inversion.run(config, str(tmp_path / "w6"))
+  assert not os.path.exists(tmp_path / "w6")
   config.latents_file = str(tmp_path / "codes.pt")   # the official e4e's latents.pt
   open(config.latents_file, "wb").close()
   real_find_spec = importlib.util.find_spec   # a runtime setup: no torch

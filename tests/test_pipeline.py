@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip2protect_jax import (align, evaluation, image_io, pipeline, presets, run_settings,
-                              tuning)
+from clip2protect_jax import (align, checkpoints, evaluation, image_io, pipeline, presets,
+                              run_settings, tuning)
 from clip2protect_jax.models import stylegan2
 from clip2protect_jax.models.lpips import LPIPS
 
@@ -85,8 +85,8 @@ def test_config_errors_are_specific(tmp_path):
   c = load_config("protect", "tiny")   # once found only after the inversion
   Image.fromarray(np.full((120, 120, 3), 90, np.uint8)).save(tmp_path / "flat.png")
   c.target.photo, c.target.crop = str(tmp_path / "flat.png"), ()
-  with pytest.raises(align.FaceAlignmentError, match=r"flat.png: no face found in this "
-                     r"target photo .*config.target.crop \(or eval_crop\)"):
+  with pytest.raises(align.FaceAlignmentError, match=r"flat.png: no face found .*80 px\. "
+                     r"In a target photo, .*config.target.crop \(or eval_crop\)"):
     pipeline.check_inputs(c)
   c = load_config("official", "tiny")   # one generator carried through every face
   c.num_shards = 2
@@ -128,7 +128,7 @@ def test_config_errors_are_specific(tmp_path):
   with pytest.raises(FileNotFoundError) as err:
     pipeline.check_inputs(c)
   lines = str(err.value).splitlines()
-  assert lines[0] == "4 weights folders are missing:"
+  assert lines[0] == "weights are missing for 4 networks:"
   assert [line.split(":")[0] for line in lines[1:]] == [
       "- config.generator.weights", "- config.projection.lpips_weights",
       "- config.clip.weights", "- config.tune.lpips_weights"]
@@ -424,19 +424,25 @@ def test_result_settings_tell_what_the_weights_and_target_photos_hold(tmp_path):
   target = tmp_path / "target.png"
   Image.fromarray(np.full((8, 8, 3), 10, np.uint8)).save(target)
   config.target.photo = config.target.eval_photo = str(target)
-  fetched = tmp_path / "fr"
-  fetched.mkdir()
-  (fetched / "w.bin").write_bytes(b"1")
-  config.fr.weights_dir = str(fetched)   # each model's folder under it: missing, left out
-  config.clip.weights = str(fetched)
+  config.fr.weights_dir = str(tmp_path)   # each model's folder under it: missing, left out
+  config.clip.weights = str(tmp_path / "clip")
+  checkpoints.save(config.clip.weights, {"w": np.zeros(1)}, {"kind": "clip",
+                                                             "source_sha256": "a"})
+  # The projection's and the tuning's LPIPS folders: two fields, though both "lpips".
+  config.projection.lpips, config.projection.lpips_weights = 1.0, "random"
+  config.tune.lpips_weight, config.tune.lpips_weights = 1.0, config.clip.weights
   first = pipeline.result_settings(config)
-  assert first["fingerprints.generator"] == "random"
+  assert first["fingerprints.generator"] == first["fingerprints.projection.lpips"] == "random"
+  assert first["fingerprints.clip"] == first["fingerprints.tune.lpips"] == "source_sha256 a"
   assert not any(k.startswith("fingerprints.fr.") for k in first)
   Image.fromarray(np.full((8, 8, 3), 11, np.uint8)).save(target)
-  (fetched / "w.bin").write_bytes(b"2")
+  shutil.rmtree(config.clip.weights)   # converted again from another checkpoint
+  checkpoints.save(config.clip.weights, {"w": np.zeros(1)}, {"kind": "clip",
+                                                             "source_sha256": "b"})
   second = pipeline.result_settings(config)
   assert {k for k in first if first[k] != second[k]} == {
-      "fingerprints.target.photo", "fingerprints.target.eval_photo", "fingerprints.clip"}
+      "fingerprints.target.photo", "fingerprints.target.eval_photo", "fingerprints.clip",
+      "fingerprints.tune.lpips"}
 
 
 def test_protect_settings_reject_bad_values():

@@ -22,9 +22,11 @@ similarity (cosine) or distance (dlib) to the target's evaluation photo, and PSN
 LPIPS to the original aligned face (LPIPS only with real LPIPS weights: the config's
 tune.lpips_weights). For the latent method the reconstruction (tuned generator at w0,
 before the search) is shown too: what the generator alone does to the face. Skips cleanly
-when the default --photos is missing (a given one that is missing fails). Resumable: each
-finished (method, victim) set is read back, and a rerun with other settings for it fails;
-table.md holds the rows of this invocation's --methods and --models.
+when the default --photos is missing (a given one that is missing fails). Resumable: the
+latent method as the protect job is (its evaluation redone each run); a finished PGD set is
+read back when made from the same photos (by content), settings and thresholds, else the
+rerun fails naming what differs. table.md holds the rows of this invocation's --methods and
+--models.
 """
 from __future__ import annotations
 
@@ -146,13 +148,22 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
   names = tuple(surrogates) + (victim,)
   params = {m: fr_params[m] for m in names}
   sources = sorted(os.path.join(photos_dir, f) for f in os.listdir(photos_dir))
-  # Resumable as the latent method is: a finished set is read back; other settings fail.
+  config = latent_config(base, photos_dir, references_dir, target, evaluation, surrogates,
+                         (victim,), FLAGS.mode)
+  references = pipeline.source_references(config, sources)
+  # A finished set is read back when made from the same photos (by content), settings and
+  # thresholds; else the rerun fails naming what differs.
   metrics_path = os.path.join(out_dir, "metrics.json")
+  photos = {"target": target, "evaluation": evaluation,
+            **{f"source {os.path.basename(p)}": p for p in sources},
+            **{f"reference {os.path.basename(p)}": p for p in references}}
   settings = {"mode": FLAGS.mode, "pgd_eps": FLAGS.pgd_eps, "pgd_steps": FLAGS.pgd_steps,
               "pgd_size": size, "surrogates": list(surrogates), "victim": victim,
-              "sources": [os.path.basename(p) for p in sources], "target": target,
-              "evaluation": evaluation, "evaluate": base.evaluate.to_dict(),
-              "lpips_weights": base.tune.lpips_weights}
+              **{f"sha256 of {k}": image_io.file_sha256(p) for k, p in photos.items()},
+              "evaluate": base.evaluate.to_dict(), "lpips_weights": base.tune.lpips_weights,
+              **{f"thresholds.{m}": {str(k): v for k, v in registry.get(m).thresholds.items()}
+                 for m in names},
+              "thresholds.dlib": registry.calibrated().get(ev.DLIB, {}).get("thresholds")}
   run_settings.check(os.path.join(out_dir, "settings.json"), settings,
                      os.path.exists(metrics_path), f"the PGD results in {out_dir}")
   if os.path.exists(metrics_path):
@@ -185,9 +196,6 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
       evaluation, (), 1, registry.aligned_models((victim, *surrogates)))
   eval_emb = {k: np.asarray(v) for k, v in protect.target_embeddings(
       names, params, jnp.asarray(eval_crop), eval_aligned).items()}
-  config = latent_config(base, photos_dir, references_dir, target, evaluation, surrogates,
-                         (victim,), FLAGS.mode)
-  references = pipeline.source_references(config, sources)
   ref_emb = pipeline.photo_embeddings((*names, ev.DLIB), params,
                                       {p: p for p in (evaluation, *references)})
   sims = ev.fr_similarities(params, images, {k: np.asarray(v) for k, v in crops.items()},

@@ -59,6 +59,7 @@ class FRModel:
   weights_subdir: str = ""                # folder under config.fr.weights_dir ("" = name)
   load_folder: Callable[[str], Any] | None = None  # folder of fetched files -> params
   threshold_source: str = AMT_GAN_THRESHOLDS
+  fetched_files: tuple[str, ...] = ()     # the files load_folder reads (weights.fingerprint)
 
   def module(self, dtype: Any = jnp.float32) -> nn.Module:
     return self.make(dtype=dtype)
@@ -154,23 +155,26 @@ def _tfjs_loader(module: str, function: str) -> Callable[[str], Any]:
 
 
 def _register_tfjs(name: str, make, load: Callable[[str], Any], subdir: str,
-                   size: tuple[int, int], dim: int, alignment: str, description: str) -> None:
-  """A model whose weights come as TF.js files from npm; input RGB in [0, 255]."""
+                   files: tuple[str, ...], size: tuple[int, int], dim: int, alignment: str,
+                   description: str) -> None:
+  """A model whose weights come as TF.js files from npm (`files` in `subdir`); input RGB in
+  [0, 255]."""
   register(FRModel(
       name, make, _no_torch(name), "", size, (0.0, 255.0), dim, False,
       _calibrated_thresholds(name), description, alignment, subdir, load,
-      get_calibration_source(name)))
+      get_calibration_source(name), files))
 
 
 _register_tfjs("dlib_resnet", DlibResNet, _tfjs_loader("dlib_resnet", "load_dlib_resnet"),
-               "face-api", (150, 150), 128, "dlib_chip",
+               "face-api", ("face_recognition_model-weights_manifest.json",
+                            "face_recognition_model.bin"), (150, 150), 128, "dlib_chip",
                "dlib ResNet-29 descriptor (face-api's quantised TF.js weights), dlib chip")
 _register_tfjs("faceres", FaceRes, _tfjs_loader("human", "load_faceres"), "human-models",
-               (224, 224), 1024, "loose",
+               ("faceres.json", "faceres.bin"), (224, 224), 1024, "loose",
                "HSE MobileNet (human-models faceres), global_pooling/Mean, loose crop")
 _register_tfjs("mobileface", MobileFace, _tfjs_loader("human", "load_mobileface"),
-               "human-models", (112, 112), 256, "arcface",
-               "MobileFace (human-models mobileface), ArcFace-aligned crop")
+               "human-models", ("mobileface.json", "mobileface.bin"), (112, 112), 256,
+               "arcface", "MobileFace (human-models mobileface), ArcFace-aligned crop")
 
 
 # ------------------------------------------------------------------ embedding API
