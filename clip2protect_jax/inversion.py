@@ -551,7 +551,8 @@ def run(config, workdir: str, checked: bool = False) -> dict[str, Any]:
   todo = [f for f in faces if not os.path.exists(latent_path(out_dir, f["id"]))]
   # Any code in the folder counts (another shard's, or another photo set's): all of them
   # must come from the recorded settings.
-  settings_path, settings = os.path.join(out_dir, "encode_settings.json"), encode_settings(config)
+  settings_path = os.path.join(out_dir, "encode_settings.json")
+  settings = encode_settings(config)
   run_settings.check(settings_path, settings, has_codes(workdir),
                      f"the W+ codes in {out_dir}/latents", optional=OPTIONAL_ENCODE_FIELDS)
   run_settings.add_missing(settings_path, settings)   # an older record: later runs compare them

@@ -49,7 +49,8 @@ def parse_flags(argv):
     spec = importlib.util.spec_from_file_location("config_file", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    why = presets.unknown_override(module.get_config(arg) if arg else module.get_config(), argv[1:])
+    config = module.get_config(arg) if arg else module.get_config()
+    why = presets.unknown_override(config, argv[1:])
     if why is None:
       raise
     sys.stderr.write(f"FATAL Flags parsing error: {why}\n")
