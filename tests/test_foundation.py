@@ -80,6 +80,20 @@ def test_cli_comma_lists_become_tuples():
   assert "SPLIT ('irse50', 'facenet') ('ir152',) (8, 9, 10)" in proc.stdout
 
 
+def test_torch_load_failures_are_one_line_without_unsafe_advice(tmp_path):
+  torch = pytest.importorskip("torch")
+  from clip2protect_jax.convert.common import torch_load_failure
+  (tmp_path / "text.pt").write_text("not a checkpoint")
+  torch.save({"f": os.system}, tmp_path / "code.pt")   # a blocked module's function
+  torch.save({"r": range(3)}, tmp_path / "object.pt")   # an object not allowlisted
+  for name in ("text.pt", "code.pt", "object.pt"):
+    with pytest.raises(Exception) as err:
+      torch.load(tmp_path / name, weights_only=True)
+    why = torch_load_failure(err.value)
+    assert "\n" not in why and "weights_only=False" not in why and "Re-running" not in why
+    assert why.startswith(type(err.value).__name__ + ": ")
+
+
 def test_checkpoint_roundtrip_and_mismatch(tmp_path):
   tree = {"params": {"a": np.arange(6, dtype=np.float32).reshape(2, 3)},
           "noise": [np.ones((1, 4, 4, 1), np.float32)]}

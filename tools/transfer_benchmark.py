@@ -132,6 +132,12 @@ def run_latent(base, root, photos_dir, references_dir, target, evaluation, surro
   return metrics
 
 
+def fr_folder(name: str) -> str:
+  """The weights folder of FR model `name` (fetched by tools/fetch_assets.py)."""
+  from clip2protect_jax.models.face import registry
+  return os.path.join("checkpoints", registry.get(name).weights_subdir or name)
+
+
 def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogates, victim,
             fr_params):
   """PGD on each source face aligned at --pgd_size; metrics in the protect job's format."""
@@ -139,7 +145,7 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
   import numpy as np
 
   from clip2protect_jax import (align, baselines, evaluation as ev, image_io, pipeline,
-                                protect, run_settings)
+                                protect, run_settings, weights)
   from clip2protect_jax.models.face import registry
 
   out_dir = os.path.join(root, f"pgd_without_{victim}")
@@ -154,12 +160,14 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
   # A finished set is read back when made from the same photos (by content), settings and
   # thresholds; else the rerun fails naming what differs.
   metrics_path = os.path.join(out_dir, "metrics.json")
-  photos = {"target": target, "evaluation": evaluation,
+  inputs = {"target": target, "evaluation": evaluation,
             **{f"source {os.path.basename(p)}": p for p in sources},
             **{f"reference {os.path.basename(p)}": p for p in references}}
   settings = {"mode": FLAGS.mode, "pgd_eps": FLAGS.pgd_eps, "pgd_steps": FLAGS.pgd_steps,
               "pgd_size": size, "surrogates": list(surrogates), "victim": victim,
-              **{f"sha256 of {k}": image_io.file_sha256(p) for k, p in photos.items()},
+              **{f"sha256 of {k}": image_io.file_sha256(p) for k, p in inputs.items()},
+              **weights.fingerprints({f"fr.{m}": fr_folder(m) for m in names},
+                                     {f"fr.{m}": registry.get(m).fetched_files for m in names}),
               "evaluate": base.evaluate.to_dict(), "lpips_weights": base.tune.lpips_weights,
               **{f"thresholds.{m}": {str(k): v for k, v in registry.get(m).thresholds.items()}
                  for m in names},
@@ -299,7 +307,6 @@ def main(argv):
   import jax
 
   from clip2protect_jax import weights
-  from clip2protect_jax.models.face import registry
 
   target, evaluation, sources, references = choose_photos(FLAGS.photos, FLAGS.target,
                                                           FLAGS.max_sources)
@@ -315,9 +322,8 @@ def main(argv):
         f"sources (dodging reference) {references}, mode {FLAGS.mode}")
   fr_params = {}
   for i, m in enumerate(FLAGS.models):
-    fr_params[m], _ = weights.load_face_model(
-        m, os.path.join("checkpoints", registry.get(m).weights_subdir or m),
-        jax.random.fold_in(jax.random.key(0), i))
+    fr_params[m], _ = weights.load_face_model(m, fr_folder(m),
+                                              jax.random.fold_in(jax.random.key(0), i))
   fars = tuple(float(f) for f in _CONFIG.value.evaluate.fars)
   lines = ["| method | held-out victim | evaluated on | image | " +
            " | ".join(f"imp / dodge PSR % @FAR {f:g}" for f in fars) +

@@ -60,9 +60,13 @@ def torch_load_failure(e: Exception) -> str:
   """Why a torch.load(..., weights_only=True) failed, in one line, without torch's advice to
   retry with weights_only=False (which runs whatever code the file holds)."""
   text = str(e).strip()
-  if "WeightsUnpickler error:" in text:   # torch puts every unpickling failure here
+  if "WeightsUnpickler error:" in text:   # most unpickling failures: the reason follows
     reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
     reason = " ".join(reason.split()).split(". ")[0].rstrip(".")
-    return (f"{type(e).__name__}: {reason}: not a file of tensors saved by torch.save "
-            "(truncated, another format, or Python objects a safe load refuses)")
+    return (f"{type(e).__name__}: {reason or 'unpickling failed'}: not a file of tensors "
+            "saved by torch.save (truncated, another format, or Python objects a safe load "
+            "refuses)")
+  if "weights_only" in text or "Weights only" in text:   # e.g. a blocked module's global
+    return (f"{type(e).__name__}: it holds Python objects (e.g. functions of blocked "
+            "modules) that a safe load (weights_only=True) refuses")
   return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
