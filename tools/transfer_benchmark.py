@@ -23,10 +23,10 @@ LPIPS to the original aligned face (LPIPS only with real LPIPS weights: the conf
 tune.lpips_weights). For the latent method the reconstruction (tuned generator at w0,
 before the search) is shown too: what the generator alone does to the face. Skips cleanly
 when the default --photos is missing (a given one that is missing fails). Resumable: the
-latent method as the protect job is (its evaluation redone each run); a finished PGD set is
-read back when made from the same photos (by content), settings and thresholds, else the
-rerun fails naming what differs. table.md holds the rows of this invocation's --methods and
---models.
+latent method as the protect job is (its evaluation redone each run); a finished PGD set
+is read back when made from the same photos and FR weights (by content), settings and
+thresholds, else the rerun fails naming what differs. table.md holds the rows of this
+invocation's --methods and --models.
 """
 from __future__ import annotations
 
@@ -157,8 +157,8 @@ def run_pgd(base, root, photos_dir, references_dir, target, evaluation, surrogat
   config = latent_config(base, photos_dir, references_dir, target, evaluation, surrogates,
                          (victim,), FLAGS.mode)
   references = pipeline.source_references(config, sources)
-  # A finished set is read back when made from the same photos (by content), settings and
-  # thresholds; else the rerun fails naming what differs.
+  # A finished set is read back when made from the same photos and FR weights (by content),
+  # settings and thresholds; else the rerun fails naming what differs.
   metrics_path = os.path.join(out_dir, "metrics.json")
   inputs = {"target": target, "evaluation": evaluation,
             **{f"source {os.path.basename(p)}": p for p in sources},
