@@ -514,6 +514,8 @@ def run_batch(config, loaded: Loaded, arrays, index: Sequence[int], inv_dir: str
     i = index[j]
     records.append({
         "id": fid, "source": str(arrays["sources"][i]), "source_reference": references[j],
+        "source_reference_sha256": (image_io.file_sha256(references[j]) if references[j]
+                                    else None),
         "devices": parallel.device_span(protected),   # its batch was split over
         "box": [float(v) for v in np.asarray(boxes[j])],
         "fr_warps": {m: v[j].tolist() for m, v in host["crops"].items() if m != "box"},
@@ -637,6 +639,27 @@ class Progress:
                  bar, self.done, self.total, rate, dt, eta)
 
 
+def check_finished_references(config, out_dir: str, done: Sequence[str]) -> None:
+  """Each finished face's dodging reference (source_references) must still hold the photo
+  its "source" similarities were measured on: SettingsMismatchError naming the face
+  otherwise (results of older versions, without the reference's sha256, are not checked)."""
+  if not config.evaluate.source_references:
+    return
+  for fid in done:
+    with open(result_path(out_dir, fid)) as f:
+      record = json.load(f)
+    recorded = record.get("source_reference_sha256")
+    if not recorded:
+      continue
+    reference = source_references(config, [record["source"]])[0]
+    if image_io.file_sha256(reference) != recorded:
+      raise run_settings.SettingsMismatchError(
+          f"face {fid} was measured against another dodging reference photo "
+          f"({record['source_reference']}, other content) than {reference} now: its results "
+          "would mix two references. Use a new --workdir, restore that photo, or delete "
+          f"{result_path(out_dir, fid)} to redo the face.")
+
+
 def result_path(out_dir: str, fid: str) -> str:
   return os.path.join(out_dir, "results", fid + ".json")
 
@@ -703,6 +726,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   inv_dir = os.path.join(workdir, inversion.SUBDIR)
   ids = [str(i) for i in arrays["ids"]]
   done = [f for f in ids if os.path.exists(result_path(out_dir, f))]
+  check_finished_references(config, out_dir, done)
   cumulative = config.tune.schedule == "cumulative"
   if cumulative:
     done = cumulative_resume(ids, done, carry_last_id(out_dir))

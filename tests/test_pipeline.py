@@ -336,6 +336,15 @@ def test_dodging_reference_is_another_photo_of_the_source(tiny_run, tmp_path):
     plain.evaluate.source_references = ""
     with pytest.raises(run_settings.SettingsMismatchError, match="source_references"):
       pipeline.run(plain, work)
+    # Another photo under a finished face's reference path: its "source" similarities were
+    # measured on the old one.
+    os.remove(refs / "astronaut.jpg")
+    os.symlink(os.path.join(ROOT, config.target.photo), refs / "astronaut.jpg")
+    with pytest.raises(run_settings.SettingsMismatchError,
+                       match=r"face astronaut.png_f0 was measured against another dodging"):
+      pipeline.run(config, work)
+    os.remove(refs / "astronaut.jpg")
+    os.symlink(os.path.join(ROOT, config.target.eval_photo), refs / "astronaut.jpg")
   finally:
     os.chdir(cwd)
   assert metrics["dodging_reference"] == str(refs)
