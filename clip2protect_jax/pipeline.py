@@ -645,14 +645,14 @@ def check_finished_references(config, out_dir: str, done: Sequence[str]) -> None
   otherwise (results of older versions, without the reference's sha256, are not checked)."""
   if not config.evaluate.source_references:
     return
+  records = []
   for fid in done:
     with open(result_path(out_dir, fid)) as f:
-      record = json.load(f)
+      records.append(json.load(f))
+  references = source_references(config, [r["source"] for r in records])  # one listing
+  for fid, record, reference in zip(done, records, references):
     recorded = record.get("source_reference_sha256")
-    if not recorded:
-      continue
-    reference = source_references(config, [record["source"]])[0]
-    if image_io.file_sha256(reference) != recorded:
+    if recorded and image_io.file_sha256(reference) != recorded:
       raise run_settings.SettingsMismatchError(
           f"face {fid} was measured against another dodging reference photo "
           f"({record['source_reference']}, other content) than {reference} now: its results "
